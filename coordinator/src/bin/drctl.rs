@@ -1,0 +1,585 @@
+//! `drctl`: the operator's CLI for the drcut coordinator cluster.
+
+use clap::{Parser, Subcommand};
+use drcut_coordinator::audit::{AuditEntry, ChainVerifier};
+use drcut_coordinator::client::{Client, probe_status};
+use drcut_proto::v1 as pb;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Operate a drcut coordinator cluster.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Coordinator gRPC addresses (host:port), comma-separated; the first live one is used and
+    /// the leader is followed.
+    #[arg(
+        long,
+        short,
+        env = "DRCUT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001",
+        global = true
+    )]
+    endpoint: Vec<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Principal recorded in the audit chain (defaults to $USER@host).
+    #[arg(long, env = "DRCUT_ACTOR", global = true)]
+    actor: Option<String>,
+    /// Idempotency key for a write; retrying with the same key applies the write once.
+    #[arg(long, global = true)]
+    request_id: Option<String>,
+    /// Per-call timeout in seconds.
+    #[arg(long, default_value_t = 15, global = true)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Leader, term, commit index, members with their state and lag, regions.
+    Status {
+        /// Confirm with a quorum before answering.
+        #[arg(long)]
+        linearizable: bool,
+    },
+    /// Change the coordinator cluster's membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Regions of the protected platform.
+    #[command(subcommand)]
+    Region(RegionCmd),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Add a node as a learner (receives the log, does not vote).
+    AddLearner {
+        /// New node id (never reuse one).
+        #[arg(long)]
+        id: u64,
+        /// The node's gRPC host:port.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionCmd {
+    /// Register a region.
+    Add {
+        /// Name, e.g. eu-west.
+        name: String,
+        /// Human name.
+        #[arg(long, default_value = "")]
+        display_name: String,
+        /// SERVICE=primary|standby, repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// List regions.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Show audit entries.
+    List {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Maximum entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Recompute the whole hash chain here; exit 1 on any break.
+    Verify {
+        /// Read the given node's own copy (no leader round trip), e.g. to check one replica.
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// A failure with its exit code: 1 for operational failures, 2 for usage errors.
+struct Fail(u8, String);
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Self {
+        let code = if s.code() == tonic::Code::InvalidArgument {
+            2
+        } else {
+            1
+        };
+        Fail(code, format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            if cli.json {
+                println!("{}", json!({"ok": false, "error": msg}));
+            }
+            eprintln!("drctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn actor(cli: &Cli) -> String {
+    cli.actor.clone().unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if host.is_empty() {
+            user
+        } else {
+            format!("{user}@{host}")
+        }
+    })
+}
+
+fn ctx(cli: &Cli) -> Option<pb::WriteContext> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let request_id = cli
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("drctl-{}-{nanos}", std::process::id()));
+    Some(pb::WriteContext {
+        actor: actor(cli),
+        request_id,
+    })
+}
+
+async fn run(cli: &Cli) -> Result<(), Fail> {
+    let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout));
+    match &cli.cmd {
+        Cmd::Status { linearizable } => status(cli, &client, *linearizable).await,
+        Cmd::Cluster(c) => {
+            let reply = match c {
+                ClusterCmd::AddLearner { id, addr } => {
+                    let r = pb::AddLearnerRequest {
+                        ctx: ctx(cli),
+                        node_id: *id,
+                        addr: addr.clone(),
+                    };
+                    client
+                        .call(|mut c| {
+                            let r = r.clone();
+                            async move { c.add_learner(r).await }
+                        })
+                        .await?
+                }
+                ClusterCmd::Promote { id } => {
+                    let r = pb::PromoteVoterRequest {
+                        ctx: ctx(cli),
+                        node_id: *id,
+                    };
+                    client
+                        .call(|mut c| {
+                            let r = r.clone();
+                            async move { c.promote_voter(r).await }
+                        })
+                        .await?
+                }
+                ClusterCmd::Remove { id } => {
+                    let r = pb::RemoveNodeRequest {
+                        ctx: ctx(cli),
+                        node_id: *id,
+                    };
+                    client
+                        .call(|mut c| {
+                            let r = r.clone();
+                            async move { c.remove_node(r).await }
+                        })
+                        .await?
+                }
+            };
+            if cli.json {
+                let members: Vec<Value> = reply.members.iter().map(member_json).collect();
+                println!(
+                    "{}",
+                    json!({"ok": true, "log_index": reply.log_index, "members": members})
+                );
+            } else {
+                println!("membership changed at log index {}", reply.log_index);
+                print_members(&reply.members, &[]);
+            }
+            Ok(())
+        }
+        Cmd::Region(RegionCmd::Add {
+            name,
+            display_name,
+            roles,
+        }) => {
+            let mut parsed = Vec::new();
+            for r in roles {
+                let (svc, role) = r.split_once('=').ok_or_else(|| {
+                    Fail(2, format!("--role {r:?}: expected SERVICE=primary|standby"))
+                })?;
+                let role = match role {
+                    "primary" => pb::RegionRole::Primary,
+                    "standby" => pb::RegionRole::Standby,
+                    other => {
+                        return Err(Fail(
+                            2,
+                            format!("--role {r:?}: role {other:?} is not primary or standby"),
+                        ));
+                    }
+                };
+                parsed.push(pb::ServiceRole {
+                    service: svc.to_string(),
+                    role: role as i32,
+                });
+            }
+            let region = pb::Region {
+                name: name.clone(),
+                display_name: display_name.clone(),
+                roles: parsed,
+            };
+            let r = pb::AddRegionRequest {
+                ctx: ctx(cli),
+                region: Some(region),
+            };
+            let reply = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.add_region(r).await }
+                })
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "log_index": reply.log_index, "region": reply.region.as_ref().map(region_json)})
+                );
+            } else {
+                println!("region {name} added (log index {})", reply.log_index);
+            }
+            Ok(())
+        }
+        Cmd::Region(RegionCmd::List) => {
+            let r = pb::ListRegionsRequest {
+                consistency: pb::ReadConsistency::Linearizable as i32,
+            };
+            let reply = client
+                .call(|mut c| async move { c.list_regions(r).await })
+                .await?;
+            if cli.json {
+                let regions: Vec<Value> = reply.regions.iter().map(region_json).collect();
+                println!(
+                    "{}",
+                    json!({"regions": regions, "applied_index": reply.applied_index})
+                );
+            } else {
+                print_regions(&reply.regions);
+            }
+            Ok(())
+        }
+        Cmd::Audit(AuditCmd::List { from, limit }) => {
+            let r = pb::ListAuditRequest {
+                from_seq: *from,
+                limit: *limit,
+                consistency: pb::ReadConsistency::Linearizable as i32,
+            };
+            let reply = client
+                .call(|mut c| async move { c.list_audit(r).await })
+                .await?;
+            if cli.json {
+                let entries: Vec<Value> = reply.entries.iter().map(audit_json).collect();
+                println!(
+                    "{}",
+                    json!({"entries": entries, "total": reply.total, "head_hash": reply.head_hash})
+                );
+            } else {
+                println!(
+                    "{:<6} {:<24} {:<20} {:<22} DETAILS",
+                    "SEQ", "TIME (UTC)", "ACTOR", "ACTION"
+                );
+                for e in &reply.entries {
+                    println!(
+                        "{:<6} {:<24} {:<20} {:<22} {}",
+                        e.seq,
+                        fmt_time(e.time_unix_ms),
+                        e.actor,
+                        e.action,
+                        e.details_json
+                    );
+                }
+                println!(
+                    "{} of {} entries; head {}",
+                    reply.entries.len(),
+                    reply.total,
+                    short(&reply.head_hash)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Audit(AuditCmd::Verify { local }) => verify(cli, client, *local).await,
+    }
+}
+
+async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
+    let (client, consistency) = if local {
+        (client.pinned(), pb::ReadConsistency::Local)
+    } else {
+        (client, pb::ReadConsistency::Linearizable)
+    };
+    let mut v = ChainVerifier::new();
+    let mut from = 1;
+    let (total, head) = loop {
+        let r = pb::ListAuditRequest {
+            from_seq: from,
+            limit: 1000,
+            consistency: consistency as i32,
+        };
+        let page = client
+            .call(|mut c| async move { c.list_audit(r).await })
+            .await?;
+        for e in &page.entries {
+            let details: Value = serde_json::from_str(&e.details_json).map_err(|err| {
+                Fail(
+                    1,
+                    format!(
+                        "audit chain broken at seq {}: details are not JSON: {err}",
+                        e.seq
+                    ),
+                )
+            })?;
+            let entry = AuditEntry {
+                seq: e.seq,
+                time_unix_ms: e.time_unix_ms,
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                details,
+                prev_hash: e.prev_hash.clone(),
+                hash: e.hash.clone(),
+                log_index: e.log_index,
+            };
+            v.push(&entry).map_err(|err| Fail(1, err.to_string()))?;
+        }
+        from += page.entries.len() as u64;
+        if page.entries.is_empty() || from > page.total {
+            break (page.total, page.head_hash);
+        }
+    };
+    let s = v.summary();
+    if s.entries != total {
+        return Err(Fail(
+            1,
+            format!(
+                "audit chain broken at seq {}: the node reports {total} entries but served {}",
+                s.entries + 1,
+                s.entries
+            ),
+        ));
+    }
+    if s.head != head {
+        return Err(Fail(
+            1,
+            format!(
+                "audit chain broken at seq {total}: recomputed head {} differs from the node's head {}",
+                s.head, head
+            ),
+        ));
+    }
+    if cli.json {
+        println!(
+            "{}",
+            json!({"ok": true, "entries": s.entries, "head": s.head})
+        );
+    } else {
+        println!("audit chain intact: {} entries, head {}", s.entries, s.head);
+    }
+    Ok(())
+}
+
+async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fail> {
+    let consistency = if linearizable {
+        pb::ReadConsistency::Linearizable
+    } else {
+        pb::ReadConsistency::Local
+    } as i32;
+    let st = client
+        .call(|mut c| async move { c.get_status(pb::GetStatusRequest { consistency }).await })
+        .await?;
+    // Replication progress is only known to the leader; ask it when we reached a follower.
+    let st = if st.state != "Leader" && !st.leader_addr.is_empty() {
+        probe_status(&st.leader_addr, Duration::from_secs(2))
+            .await
+            .unwrap_or(st)
+    } else {
+        st
+    };
+    let probes = futures::future::join_all(
+        st.members
+            .iter()
+            .map(|m| probe_status(&m.addr, Duration::from_secs(1))),
+    )
+    .await;
+    if cli.json {
+        let members: Vec<Value> = st
+            .members
+            .iter()
+            .zip(&probes)
+            .map(|(m, p)| {
+                let mut j = member_json(m);
+                j["state"] = json!(
+                    p.as_ref()
+                        .map(|p| p.state.clone())
+                        .unwrap_or_else(|| "Unreachable".into())
+                );
+                j["term"] = json!(p.as_ref().map(|p| p.term));
+                j["last_applied"] = json!(p.as_ref().map(|p| p.last_applied));
+                j
+            })
+            .collect();
+        let regions: Vec<Value> = st.regions.iter().map(region_json).collect();
+        println!(
+            "{}",
+            json!({
+                "cluster_id": st.cluster_id, "answered_by": st.node_id, "leader_id": st.leader_id,
+                "leader_addr": st.leader_addr, "term": st.term, "commit_index": st.commit_index,
+                "last_applied": st.last_applied, "last_log_index": st.last_log_index,
+                "snapshot_index": st.snapshot_index, "members": members, "regions": regions,
+                "audit": {"entries": st.audit_len, "head": st.audit_head},
+            })
+        );
+        return Ok(());
+    }
+    let leader = if st.leader_id == 0 {
+        "none (no quorum?)".to_string()
+    } else {
+        format!("node {} ({})", st.leader_id, st.leader_addr)
+    };
+    println!(
+        "cluster {}  leader {}  term {}  commit {}",
+        st.cluster_id, leader, st.term, st.commit_index
+    );
+    print_members(&st.members, &probes);
+    println!();
+    print_regions(&st.regions);
+    println!();
+    println!(
+        "audit: {} entries, head {}",
+        st.audit_len,
+        short(&st.audit_head)
+    );
+    Ok(())
+}
+
+fn print_members(members: &[pb::Member], probes: &[Option<pb::ClusterStatus>]) {
+    println!(
+        "{:<5} {:<22} {:<8} {:<12} {:<6} {:<9} {:<8} LAG",
+        "NODE", "ADDRESS", "ROLE", "STATE", "TERM", "APPLIED", "MATCHED"
+    );
+    for (i, m) in members.iter().enumerate() {
+        let p = probes.get(i).and_then(|p| p.as_ref());
+        let dash = || "-".to_string();
+        println!(
+            "{:<5} {:<22} {:<8} {:<12} {:<6} {:<9} {:<8} {}",
+            m.id,
+            m.addr,
+            if m.voter { "voter" } else { "learner" },
+            p.map(|p| p.state.clone())
+                .unwrap_or_else(|| if probes.is_empty() {
+                    dash()
+                } else {
+                    "unreachable".into()
+                }),
+            p.map(|p| p.term.to_string()).unwrap_or_else(dash),
+            p.map(|p| p.last_applied.to_string()).unwrap_or_else(dash),
+            if m.has_progress {
+                m.matched_index.to_string()
+            } else {
+                dash()
+            },
+            if m.has_progress {
+                m.lag.to_string()
+            } else {
+                dash()
+            },
+        );
+    }
+}
+
+fn print_regions(regions: &[pb::Region]) {
+    if regions.is_empty() {
+        println!("no regions (add one: drctl region add NAME --role SERVICE=primary)");
+        return;
+    }
+    println!("{:<16} {:<28} ROLES", "REGION", "DISPLAY NAME");
+    for r in regions {
+        println!("{:<16} {:<28} {}", r.name, r.display_name, roles_text(r));
+    }
+}
+
+fn roles_text(r: &pb::Region) -> String {
+    r.roles
+        .iter()
+        .map(|s| format!("{}={}", s.service, role_name(s.role)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn role_name(role: i32) -> &'static str {
+    match pb::RegionRole::try_from(role) {
+        Ok(pb::RegionRole::Primary) => "primary",
+        Ok(pb::RegionRole::Standby) => "standby",
+        _ => "unspecified",
+    }
+}
+
+fn member_json(m: &pb::Member) -> Value {
+    json!({"id": m.id, "addr": m.addr, "voter": m.voter,
+           "matched_index": m.has_progress.then_some(m.matched_index), "lag": m.has_progress.then_some(m.lag)})
+}
+
+fn region_json(r: &pb::Region) -> Value {
+    let roles: serde_json::Map<String, Value> = r
+        .roles
+        .iter()
+        .map(|s| (s.service.clone(), json!(role_name(s.role))))
+        .collect();
+    json!({"name": r.name, "display_name": r.display_name, "roles": roles})
+}
+
+fn audit_json(e: &pb::AuditEntry) -> Value {
+    json!({"seq": e.seq, "time_unix_ms": e.time_unix_ms, "actor": e.actor, "action": e.action,
+           "details": serde_json::from_str::<Value>(&e.details_json).unwrap_or(Value::String(e.details_json.clone())),
+           "prev_hash": e.prev_hash, "hash": e.hash, "log_index": e.log_index})
+}
+
+fn fmt_time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(16)]
+}

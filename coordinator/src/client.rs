@@ -1,0 +1,111 @@
+//! The client side of `Control`, shared by drctl and the node itself: tries several endpoints,
+//! follows the leader named in an `Unavailable` answer, and keeps one request id across
+//! retries so a retried write applies once.
+
+use crate::network::endpoint;
+use drcut_proto::v1::control_client::ControlClient;
+use drcut_proto::v1::{ClusterStatus, GetStatusRequest};
+use std::future::Future;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Connect timeout per endpoint.
+const CONNECT: Duration = Duration::from_millis(800);
+
+/// Asks one node for its status, giving up after `timeout` (None when it does not answer).
+pub async fn probe_status(addr: &str, timeout: Duration) -> Option<ClusterStatus> {
+    let fut = async {
+        let ch = endpoint(addr).ok()?.connect().await.ok()?;
+        ControlClient::new(ch)
+            .get_status(GetStatusRequest::default())
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+/// A client over a list of endpoints.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Vec<String>,
+    /// Only talk to the first endpoint; never fail over or follow the leader.
+    pinned: bool,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client trying `endpoints` in order.
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+        Client {
+            endpoints,
+            pinned: false,
+            timeout,
+        }
+    }
+
+    /// Talk to the first endpoint only (for reads of one node's local state).
+    pub fn pinned(mut self) -> Self {
+        self.pinned = true;
+        self
+    }
+
+    /// Runs `call` against the first endpoint that answers; on `Unavailable` naming a leader,
+    /// retries there. Errors other than unavailability are returned at once: they are answers.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut queue: Vec<String> = self.endpoints.clone();
+        if self.pinned {
+            queue.truncate(1);
+        }
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = Status::unavailable("no endpoint given");
+        while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            if tried.contains(&addr) {
+                continue;
+            }
+            tried.push(addr.clone());
+            let ch = match endpoint(&addr) {
+                Ok(e) => match tokio::time::timeout(CONNECT, e.connect()).await {
+                    Ok(Ok(ch)) => ch,
+                    Ok(Err(e)) => {
+                        last = Status::unavailable(format!("{addr}: cannot connect: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Status::unavailable(format!("{addr}: connect timed out"));
+                        continue;
+                    }
+                },
+                Err(e) => return Err(Status::invalid_argument(format!("endpoint {addr:?}: {e}"))),
+            };
+            let client = ControlClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+            match tokio::time::timeout(self.timeout, call(client)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if s.code() == Code::Unavailable => {
+                    if !self.pinned
+                        && let Some(leader) = s
+                            .metadata()
+                            .get("x-drcut-leader")
+                            .and_then(|v| v.to_str().ok())
+                    {
+                        queue.insert(0, leader.to_string());
+                    }
+                    last = Status::unavailable(format!("{addr}: {}", s.message()));
+                }
+                Ok(Err(s)) => return Err(s),
+                Err(_) => {
+                    last = Status::deadline_exceeded(format!(
+                        "{addr}: no answer within {:?}",
+                        self.timeout
+                    ))
+                }
+            }
+        }
+        Err(last)
+    }
+}

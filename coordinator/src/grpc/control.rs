@@ -1,0 +1,335 @@
+//! The client API: status, membership, regions, audit.
+
+use crate::command::{self, Command, Outcome, Rejection, Role};
+use crate::node::{AppRef, Ctx, LeaderReply, LeaderRequest};
+use crate::state::validate_region;
+use drcut_proto::v1 as pb;
+use drcut_proto::v1::control_server::Control;
+use tonic::{Request, Response, Status};
+
+/// Default and maximum page size of `ListAudit`.
+const AUDIT_PAGE: usize = 1000;
+
+/// The `Control` service.
+pub struct ControlService {
+    app: AppRef,
+}
+
+impl ControlService {
+    /// A service over the node.
+    pub fn new(app: AppRef) -> Self {
+        ControlService { app }
+    }
+
+    async fn read_barrier(&self, c: i32) -> Result<(), Status> {
+        if c == pb::ReadConsistency::Linearizable as i32 {
+            self.app.linearizable_barrier().await?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        ctx: Option<pb::WriteContext>,
+        md: &tonic::metadata::MetadataMap,
+        cmd: Command,
+    ) -> Result<command::Response, Status> {
+        let ctx = context(ctx, md);
+        let req = command::Request {
+            request_id: ctx.request_id,
+            actor: ctx.actor,
+            at_ms: 0,
+            cmd,
+        };
+        let LeaderReply::Write(resp) = self
+            .app
+            .leader_call(LeaderRequest::Write(req), false)
+            .await?
+        else {
+            return Err(Status::internal("unexpected reply to a write"));
+        };
+        if let Outcome::Rejected { reason, message } = &resp.outcome {
+            return Err(match reason {
+                Rejection::InvalidArgument => Status::invalid_argument(message.clone()),
+                Rejection::AlreadyExists => Status::already_exists(message.clone()),
+                Rejection::FailedPrecondition => Status::failed_precondition(message.clone()),
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn membership(
+        &self,
+        req: LeaderRequest,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let LeaderReply::Membership { log_index } = self.app.leader_call(req, false).await? else {
+            return Err(Status::internal("unexpected reply to a membership change"));
+        };
+        // The change committed on the leader; this node may apply it a moment later.
+        let _ = self
+            .app
+            .raft
+            .wait(Some(std::time::Duration::from_secs(2)))
+            .applied_index_at_least(Some(log_index), "membership")
+            .await;
+        Ok(Response::new(pb::MembershipReply {
+            log_index,
+            members: self.members(),
+        }))
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let m = self.app.metrics();
+        let last = m.last_log_index.unwrap_or(0);
+        let progress = m.replication.clone();
+        let mem = m.membership_config.membership();
+        let voters: Vec<u64> = mem.voter_ids().collect();
+        mem.nodes()
+            .map(|(id, n)| {
+                let matched = progress
+                    .as_ref()
+                    .and_then(|p| p.get(id))
+                    .map(|l| l.as_ref().map(|l| l.index()).unwrap_or(0));
+                pb::Member {
+                    id: *id,
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                    has_progress: matched.is_some(),
+                    matched_index: matched.unwrap_or(0),
+                    lag: matched.map(|x| last.saturating_sub(x)).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Actor and request id from the request body, falling back to metadata headers.
+fn context(ctx: Option<pb::WriteContext>, md: &tonic::metadata::MetadataMap) -> Ctx {
+    let ctx = ctx.unwrap_or_default();
+    let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let actor = if ctx.actor.is_empty() {
+        header("x-drcut-actor").unwrap_or_else(|| "anonymous".into())
+    } else {
+        ctx.actor
+    };
+    let request_id = if ctx.request_id.is_empty() {
+        header("x-drcut-request-id").unwrap_or_default()
+    } else {
+        ctx.request_id
+    };
+    Ctx { actor, request_id }
+}
+
+fn region_to_pb(r: &command::Region) -> pb::Region {
+    pb::Region {
+        name: r.name.clone(),
+        display_name: r.display_name.clone(),
+        roles: r
+            .roles
+            .iter()
+            .map(|(s, role)| pb::ServiceRole {
+                service: s.clone(),
+                role: match role {
+                    Role::Primary => pb::RegionRole::Primary as i32,
+                    Role::Standby => pb::RegionRole::Standby as i32,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn region_from_pb(r: pb::Region) -> Result<command::Region, Status> {
+    let mut roles = std::collections::BTreeMap::new();
+    for (i, sr) in r.roles.into_iter().enumerate() {
+        let role = match pb::RegionRole::try_from(sr.role) {
+            Ok(pb::RegionRole::Primary) => Role::Primary,
+            Ok(pb::RegionRole::Standby) => Role::Standby,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "region.roles[{i}].role: {} is not primary or standby",
+                    sr.role
+                )));
+            }
+        };
+        if roles.insert(sr.service.clone(), role).is_some() {
+            return Err(Status::invalid_argument(format!(
+                "region.roles[{i}].service: {:?} appears twice",
+                sr.service
+            )));
+        }
+    }
+    let region = command::Region {
+        name: r.name,
+        display_name: r.display_name,
+        roles,
+    };
+    validate_region(&region).map_err(Status::invalid_argument)?;
+    Ok(region)
+}
+
+fn audit_to_pb(e: crate::audit::AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        seq: e.seq,
+        time_unix_ms: e.time_unix_ms,
+        actor: e.actor,
+        action: e.action,
+        details_json: e.details.to_string(),
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+        log_index: e.log_index,
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.read_barrier(req.get_ref().consistency).await?;
+        let m = self.app.metrics();
+        let (leader_id, leader_addr) = self.app.leader().unwrap_or((0, String::new()));
+        let core = self.app.view.core();
+        Ok(Response::new(pb::ClusterStatus {
+            node_id: self.app.id,
+            cluster_id: core
+                .cluster
+                .map(|c| c.cluster_id)
+                .unwrap_or_else(|| self.app.cluster_id.clone()),
+            state: self.app.state_name().to_string(),
+            term: m.current_term,
+            leader_id,
+            leader_addr,
+            commit_index: m
+                .cluster_committed
+                .as_ref()
+                .or(m.local_committed.as_ref())
+                .map(|l| l.index())
+                .unwrap_or(0),
+            last_applied: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            members: self.members(),
+            regions: self.app.view.regions().iter().map(region_to_pb).collect(),
+            node_addr: self.app.addr.clone(),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
+            audit_len: core.audit_len,
+            audit_head: core.audit_head,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id: must be ≥ 1"));
+        }
+        if r.addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Status::invalid_argument(format!(
+                "addr: {:?} is not host:port",
+                r.addr
+            )));
+        }
+        self.membership(LeaderRequest::AddLearner {
+            ctx,
+            id: r.node_id,
+            addr: r.addr,
+        })
+        .await
+    }
+
+    async fn promote_voter(
+        &self,
+        req: Request<pb::PromoteVoterRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        self.membership(LeaderRequest::Promote {
+            ctx,
+            id: req.get_ref().node_id,
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        self.membership(LeaderRequest::Remove {
+            ctx,
+            id: req.get_ref().node_id,
+        })
+        .await
+    }
+
+    async fn add_region(
+        &self,
+        req: Request<pb::AddRegionRequest>,
+    ) -> Result<Response<pb::AddRegionReply>, Status> {
+        let md = req.metadata().clone();
+        let r = req.into_inner();
+        let region = region_from_pb(
+            r.region
+                .ok_or_else(|| Status::invalid_argument("region: missing"))?,
+        )?;
+        let resp = self
+            .write(
+                r.ctx,
+                &md,
+                Command::AddRegion {
+                    region: region.clone(),
+                },
+            )
+            .await?;
+        let stored = match resp.outcome {
+            Outcome::Region { region } => region,
+            _ => region,
+        };
+        Ok(Response::new(pb::AddRegionReply {
+            region: Some(region_to_pb(&stored)),
+            log_index: resp.log_index,
+        }))
+    }
+
+    async fn list_regions(
+        &self,
+        req: Request<pb::ListRegionsRequest>,
+    ) -> Result<Response<pb::ListRegionsReply>, Status> {
+        self.read_barrier(req.get_ref().consistency).await?;
+        Ok(Response::new(pb::ListRegionsReply {
+            regions: self.app.view.regions().iter().map(region_to_pb).collect(),
+            applied_index: self.app.view.applied_index(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditReply>, Status> {
+        let r = req.into_inner();
+        self.read_barrier(r.consistency).await?;
+        let limit = if r.limit == 0 {
+            AUDIT_PAGE
+        } else {
+            (r.limit as usize).min(AUDIT_PAGE)
+        };
+        let core = self.app.view.core();
+        let entries = self
+            .app
+            .view
+            .audit(r.from_seq.max(1), limit)
+            .await
+            .map_err(|e| Status::internal(format!("audit read: {e}")))?;
+        Ok(Response::new(pb::ListAuditReply {
+            entries: entries.into_iter().map(audit_to_pb).collect(),
+            total: core.audit_len,
+            head_hash: core.audit_head,
+        }))
+    }
+}

@@ -1,0 +1,59 @@
+//! The gRPC surface of a node: `Control` for clients, `AgentLink` for agents, `RaftTransport`
+//! for peers, plus standard health checking and reflection.
+
+mod agent_link;
+mod control;
+mod raft_transport;
+
+use crate::node::AppRef;
+use drcut_proto::v1::agent_link_server::AgentLinkServer;
+use drcut_proto::v1::control_server::ControlServer;
+use drcut_proto::v1::raft_transport_server::RaftTransportServer;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest message a node accepts (snapshots travel in smaller chunks).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ControlServer<control::ControlService>>()
+        .await;
+    health
+        .set_serving::<AgentLinkServer<agent_link::AgentLinkService>>()
+        .await;
+    health
+        .set_serving::<RaftTransportServer<raft_transport::RaftService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(drcut_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let res = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(ControlServer::new(control::ControlService::new(
+            app.clone(),
+        )))
+        .add_service(AgentLinkServer::new(agent_link::AgentLinkService::new(
+            app.clone(),
+        )))
+        .add_service(
+            RaftTransportServer::new(raft_transport::RaftService::new(app))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = res {
+        tracing::error!("gRPC server stopped: {e}");
+    }
+}

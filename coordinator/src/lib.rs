@@ -1,0 +1,25 @@
+//! The drcut coordinator: a Raft-replicated state machine holding regions, runs and the audit
+//! chain, served over gRPC.
+//!
+//! # Layout
+//!
+//! Data flows through the modules in this order:
+//! - [`config`]: the node's YAML config, validated before anything touches the disk.
+//! - [`command`]: what a client asks for, as it travels through the Raft log.
+//! - [`state`]: the pure state machine logic (`apply`), with [`audit`] hashing each change.
+//! - [`store`]: redb-backed Raft log and state machine (durability, snapshots).
+//! - [`network`]: the Raft transport to peers (tonic, one cached channel per peer).
+//! - [`node`]: wires Raft, stores and services together; bootstrap and shutdown.
+//! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services.
+//! - [`client`]: the client side used by `drctl` (endpoint failover, leader following).
+
+pub mod audit;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod grpc;
+pub mod network;
+pub mod node;
+pub mod state;
+pub mod store;
+pub mod types;

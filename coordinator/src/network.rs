@@ -1,0 +1,268 @@
+//! The Raft transport: openraft messages as JSON bytes over the `RaftTransport` gRPC service.
+//!
+//! One tonic [`Channel`] per peer is created lazily and cached for the life of the process
+//! (tonic reconnects it by itself), so a heartbeat never pays a TCP or HTTP/2 handshake.
+
+use crate::types::{
+    Node, NodeId, RPCError, Snapshot, SnapshotData, StreamingError, TypeConfig, Vote,
+};
+use drcut_proto::v1::raft_transport_client::RaftTransportClient;
+use drcut_proto::v1::{RaftMessage, SnapshotChunk};
+use openraft::errors::{NetworkError, ReplicationClosed, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Snapshot chunk size: far below gRPC's 4 MiB default message limit.
+const SNAPSHOT_CHUNK: usize = 512 * 1024;
+
+/// A vote request on the wire; pre-votes share the RPC.
+#[derive(Serialize, Deserialize)]
+pub struct VoteEnvelope {
+    /// True for a pre-vote (asks whether an election could win, changes nothing).
+    pub pre_vote: bool,
+    /// The request.
+    pub req: VoteRequest<TypeConfig>,
+}
+
+/// The first chunk of a snapshot stream.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The sender's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: crate::types::SnapshotMeta,
+}
+
+/// Builds channels to peers and caches one per address.
+#[derive(Clone, Default)]
+pub struct ChannelPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Dial these nodes at another address (a fault proxy in tests, a NAT in production).
+    overrides: Arc<HashMap<NodeId, String>>,
+}
+
+impl ChannelPool {
+    /// A pool that dials node `id` at `overrides[id]` instead of its advertised address.
+    pub fn new(overrides: HashMap<NodeId, String>) -> Self {
+        ChannelPool {
+            channels: Arc::default(),
+            overrides: Arc::new(overrides),
+        }
+    }
+
+    /// The address to dial for a node.
+    pub fn dial_addr(&self, id: NodeId, advertised: &str) -> String {
+        self.overrides
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| advertised.to_string())
+    }
+
+    /// The cached channel to `addr` (`host:port`), created lazily on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = endpoint(addr)?.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// A client endpoint with the timeouts and keepalives every drcut connection uses.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// openraft's network factory.
+#[derive(Clone)]
+pub struct Network {
+    pool: ChannelPool,
+}
+
+impl Network {
+    /// A factory over a shared channel pool.
+    pub fn new(pool: ChannelPool) -> Self {
+        Network { pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        let addr = self.pool.dial_addr(target, &node.addr);
+        PeerClient {
+            target,
+            channel: self.pool.channel(&addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    channel: Result<Channel, String>,
+}
+
+fn unreachable(msg: impl ToString) -> RPCError {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+/// Connection-level failures back off (Unreachable); anything else is retried at once.
+fn status_err(target: NodeId, s: tonic::Status) -> RPCError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(format!("node {target}: {}", s.message()))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "node {target}: {}: {}",
+            s.code(),
+            s.message()
+        ))),
+    }
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError> {
+        let ch = self.channel.clone().map_err(unreachable)?;
+        Ok(RaftTransportClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError> {
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client()?;
+        let msg = RaftMessage { payload };
+        let fut = async {
+            match kind {
+                "append" => client.append_entries(msg).await,
+                _ => client.vote(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Ok(r) => r.map_err(|s| status_err(self.target, s))?,
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "node {}: {kind} timed out after {ttl:?}",
+                    self.target
+                )));
+            }
+        };
+        serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError> {
+        self.call(
+            "vote",
+            &VoteEnvelope {
+                pre_vote: false,
+                req: rpc,
+            },
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError> {
+        self.call(
+            "vote",
+            &VoteEnvelope {
+                pre_vote: true,
+                req: rpc,
+            },
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError> {
+        let header = serde_json::to_vec(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let data = snapshot.snapshot;
+        let mut chunks = vec![SnapshotChunk {
+            header,
+            data: Vec::new(),
+        }];
+        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
+            header: Vec::new(),
+            data: c.to_vec(),
+        }));
+        let total = data.len();
+        let mut client = self.client()?;
+        tracing::info!(
+            target_node = self.target,
+            bytes = total,
+            chunks = chunks.len() - 1,
+            "sending snapshot"
+        );
+        let send = client.install_snapshot(tokio_stream::iter(chunks));
+        let reply = tokio::select! {
+            r = send => r.map_err(|s| StreamingError::from(status_err(self.target, s)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // Exponential from 50 ms to 1 s: a dead peer is not hammered, a restarted one is found
+        // again within a second.
+        let steps = (0..).map(|i: u32| Duration::from_millis((50u64 << i.min(5)).min(1000)));
+        Some(Backoff::new(steps))
+    }
+}

@@ -1,0 +1,493 @@
+//! The replicated state machine's logic: pure, deterministic, no I/O and no clock.
+//!
+//! [`State::apply_request`] turns one committed [`Request`] into a [`Response`] and the list of
+//! [`Change`]s the store must persist. Every change that alters state also appends an audit
+//! entry, so the chain is a complete account of the state's history.
+
+use crate::audit::{AuditEntry, GENESIS_HASH};
+use crate::command::{ClusterMeta, Command, Outcome, Region, Rejection, Request, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How many request ids are remembered for idempotency. A client retries within seconds; ten
+/// thousand writes is far beyond any retry window while bounding memory and snapshot size.
+pub const REMEMBERED_REQUESTS: usize = 10_000;
+
+/// Small scalar state kept in one record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Core {
+    /// Cluster identity, once bootstrapped.
+    pub cluster: Option<ClusterMeta>,
+    /// Number of audit entries.
+    pub audit_len: u64,
+    /// Hash of the last audit entry.
+    pub audit_head: String,
+    /// Latest leader time seen in the log; stamps audit entries of entries that carry no time
+    /// of their own (membership changes), keeping them deterministic.
+    pub clock_ms: i64,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Core {
+            cluster: None,
+            audit_len: 0,
+            audit_head: GENESIS_HASH.to_string(),
+            clock_ms: 0,
+        }
+    }
+}
+
+/// One row the store must write after an apply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A region was added or changed.
+    Region(Region),
+    /// A new audit entry.
+    Audit(AuditEntry),
+    /// Remember this request's response.
+    Request {
+        /// The request id.
+        id: String,
+        /// Its response.
+        response: Response,
+    },
+    /// Forget an old request id.
+    ForgetRequest(String),
+}
+
+/// The replicated state (audit entries live in the store; only the chain's head is here).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// Scalars.
+    pub core: Core,
+    /// Regions by name.
+    pub regions: BTreeMap<String, Region>,
+    /// Responses of recent requests by request id.
+    pub requests: BTreeMap<String, Response>,
+    /// Request ids by the log index that first applied them, oldest first (for eviction).
+    request_order: BTreeMap<u64, String>,
+}
+
+impl State {
+    /// Rebuilds a state from persisted parts.
+    pub fn from_parts(
+        core: Core,
+        regions: BTreeMap<String, Region>,
+        requests: BTreeMap<String, Response>,
+    ) -> Self {
+        let request_order = requests
+            .iter()
+            .map(|(id, r)| (r.log_index, id.clone()))
+            .collect();
+        State {
+            core,
+            regions,
+            requests,
+            request_order,
+        }
+    }
+
+    /// Applies one committed request at `log_index`.
+    pub fn apply_request(&mut self, log_index: u64, req: &Request) -> (Response, Vec<Change>) {
+        if !req.request_id.is_empty()
+            && let Some(prev) = self.requests.get(&req.request_id)
+        {
+            return (prev.clone(), Vec::new());
+        }
+        self.core.clock_ms = self.core.clock_ms.max(req.at_ms);
+        let mut changes = Vec::new();
+        let outcome = match self.execute(req, log_index, &mut changes) {
+            Ok(outcome) => outcome,
+            Err((reason, message)) => {
+                changes.clear();
+                Outcome::Rejected { reason, message }
+            }
+        };
+        let response = Response { log_index, outcome };
+        if !req.request_id.is_empty() {
+            self.remember(req.request_id.clone(), response.clone(), &mut changes);
+        }
+        (response, changes)
+    }
+
+    /// Records a membership change committed by Raft itself.
+    pub fn apply_membership(
+        &mut self,
+        log_index: u64,
+        membership: serde_json::Value,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let at = self.core.clock_ms;
+        self.audit(
+            log_index,
+            at,
+            "raft",
+            "cluster.membership",
+            membership,
+            &mut changes,
+        );
+        changes
+    }
+
+    fn execute(
+        &mut self,
+        req: &Request,
+        log_index: u64,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, (Rejection, String)> {
+        match &req.cmd {
+            Command::InitCluster {
+                cluster_id,
+                bootstrap_node,
+            } => {
+                if let Some(c) = &self.core.cluster {
+                    return Err((
+                        Rejection::FailedPrecondition,
+                        format!("cluster already initialised as {:?}", c.cluster_id),
+                    ));
+                }
+                let meta = ClusterMeta {
+                    cluster_id: cluster_id.clone(),
+                    created_at_ms: req.at_ms,
+                    bootstrap_node: *bootstrap_node,
+                };
+                self.core.cluster = Some(meta.clone());
+                self.audit(
+                    log_index,
+                    req.at_ms,
+                    &req.actor,
+                    "cluster.init",
+                    serde_json::to_value(&meta).unwrap_or_default(),
+                    changes,
+                );
+                Ok(Outcome::Done)
+            }
+            Command::AddRegion { region } => {
+                validate_region(region).map_err(|m| (Rejection::InvalidArgument, m))?;
+                if self.regions.contains_key(&region.name) {
+                    return Err((
+                        Rejection::AlreadyExists,
+                        format!("region {:?} already exists", region.name),
+                    ));
+                }
+                self.regions.insert(region.name.clone(), region.clone());
+                changes.push(Change::Region(region.clone()));
+                let details = serde_json::to_value(region).unwrap_or_default();
+                self.audit(
+                    log_index,
+                    req.at_ms,
+                    &req.actor,
+                    "region.add",
+                    details,
+                    changes,
+                );
+                Ok(Outcome::Region {
+                    region: region.clone(),
+                })
+            }
+            Command::Record { action, details } => {
+                if action.is_empty() {
+                    return Err((Rejection::InvalidArgument, "record: action is empty".into()));
+                }
+                self.audit(
+                    log_index,
+                    req.at_ms,
+                    &req.actor,
+                    action,
+                    details.clone(),
+                    changes,
+                );
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn audit(
+        &mut self,
+        log_index: u64,
+        at_ms: i64,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+        changes: &mut Vec<Change>,
+    ) {
+        let seq = self.core.audit_len + 1;
+        let e = AuditEntry::new(
+            seq,
+            at_ms,
+            actor,
+            action,
+            details,
+            &self.core.audit_head,
+            log_index,
+        );
+        self.core.audit_len = seq;
+        self.core.audit_head = e.hash.clone();
+        changes.push(Change::Audit(e));
+    }
+
+    fn remember(&mut self, id: String, response: Response, changes: &mut Vec<Change>) {
+        self.request_order.insert(response.log_index, id.clone());
+        self.requests.insert(id.clone(), response.clone());
+        changes.push(Change::Request { id, response });
+        while self.requests.len() > REMEMBERED_REQUESTS {
+            let Some((_, old)) = self.request_order.pop_first() else {
+                break;
+            };
+            self.requests.remove(&old);
+            changes.push(Change::ForgetRequest(old));
+        }
+    }
+}
+
+/// Checks a region's fields; the message names the field and the bad value.
+pub fn validate_region(r: &Region) -> Result<(), String> {
+    validate_name("region.name", &r.name)?;
+    if r.display_name.chars().count() > 200 {
+        return Err("region.display_name: longer than 200 characters".into());
+    }
+    for service in r.roles.keys() {
+        validate_name("region.roles.service", service)?;
+    }
+    Ok(())
+}
+
+/// A DNS-label style name: 1–63 of `a-z 0-9 -`, not starting or ending with `-`.
+pub fn validate_name(field: &str, v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {v:?} is not a valid name (1-63 of a-z, 0-9, '-'; no leading or trailing '-')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify_chain;
+    use crate::command::Role;
+
+    fn region(name: &str) -> Region {
+        Region {
+            name: name.into(),
+            display_name: name.to_uppercase(),
+            roles: BTreeMap::from([("wallet".into(), Role::Primary)]),
+        }
+    }
+
+    fn req(id: &str, cmd: Command) -> Request {
+        Request {
+            request_id: id.into(),
+            actor: "alice".into(),
+            at_ms: 42,
+            cmd,
+        }
+    }
+
+    fn audits(changes: &[Change]) -> Vec<AuditEntry> {
+        changes
+            .iter()
+            .filter_map(|c| {
+                if let Change::Audit(e) = c {
+                    Some(e.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_region_stores_and_audits() {
+        let mut s = State::default();
+        let (r, ch) = s.apply_request(
+            5,
+            &req(
+                "a",
+                Command::AddRegion {
+                    region: region("eu-west"),
+                },
+            ),
+        );
+        assert_eq!(r.log_index, 5);
+        assert!(matches!(r.outcome, Outcome::Region { .. }));
+        assert!(s.regions.contains_key("eu-west"));
+        let a = audits(&ch);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].action, "region.add");
+        assert_eq!(a[0].actor, "alice");
+        assert_eq!(s.core.audit_head, a[0].hash);
+    }
+
+    #[test]
+    fn retried_request_applies_once() {
+        let mut s = State::default();
+        let r = req(
+            "same",
+            Command::AddRegion {
+                region: region("eu-west"),
+            },
+        );
+        let (first, _) = s.apply_request(5, &r);
+        let before = s.clone();
+        let (second, ch) = s.apply_request(9, &r);
+        assert_eq!(first, second);
+        assert!(ch.is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn duplicate_region_is_rejected_and_changes_nothing_but_the_request_record() {
+        let mut s = State::default();
+        s.apply_request(
+            1,
+            &req(
+                "a",
+                Command::AddRegion {
+                    region: region("eu-west"),
+                },
+            ),
+        );
+        let regions = s.regions.clone();
+        let core = s.core.clone();
+        let (r, ch) = s.apply_request(
+            2,
+            &req(
+                "b",
+                Command::AddRegion {
+                    region: region("eu-west"),
+                },
+            ),
+        );
+        assert!(matches!(
+            r.outcome,
+            Outcome::Rejected {
+                reason: Rejection::AlreadyExists,
+                ..
+            }
+        ));
+        assert_eq!(s.regions, regions);
+        assert_eq!(s.core.audit_len, core.audit_len);
+        assert!(ch.iter().all(|c| matches!(c, Change::Request { .. })));
+    }
+
+    #[test]
+    fn invalid_region_names_the_field() {
+        let mut s = State::default();
+        let (r, _) = s.apply_request(
+            1,
+            &req(
+                "",
+                Command::AddRegion {
+                    region: region("EU_West"),
+                },
+            ),
+        );
+        match r.outcome {
+            Outcome::Rejected {
+                reason: Rejection::InvalidArgument,
+                message,
+            } => assert!(message.contains("region.name")),
+            o => panic!("unexpected {o:?}"),
+        }
+        assert!(s.regions.is_empty());
+    }
+
+    #[test]
+    fn chain_over_many_changes_verifies() {
+        let mut s = State::default();
+        let mut all = Vec::new();
+        let (_, ch) = s.apply_request(
+            1,
+            &req(
+                "i",
+                Command::InitCluster {
+                    cluster_id: "c".into(),
+                    bootstrap_node: 1,
+                },
+            ),
+        );
+        all.extend(audits(&ch));
+        for i in 0..20 {
+            let (_, ch) = s.apply_request(
+                2 + i,
+                &req(
+                    &format!("r{i}"),
+                    Command::AddRegion {
+                        region: region(&format!("r{i}")),
+                    },
+                ),
+            );
+            all.extend(audits(&ch));
+        }
+        all.extend(audits(
+            &s.apply_membership(30, serde_json::json!({"voters": [1, 2, 3]})),
+        ));
+        let sum = verify_chain(&all).unwrap();
+        assert_eq!(sum.entries, 22);
+        assert_eq!(sum.head, s.core.audit_head);
+    }
+
+    #[test]
+    fn request_memory_is_bounded() {
+        let mut s = State::default();
+        for i in 0..(REMEMBERED_REQUESTS as u64 + 5) {
+            s.apply_request(
+                i + 1,
+                &req(
+                    &format!("q{i}"),
+                    Command::Record {
+                        action: "x.y".into(),
+                        details: serde_json::Value::Null,
+                    },
+                ),
+            );
+        }
+        assert_eq!(s.requests.len(), REMEMBERED_REQUESTS);
+        assert!(!s.requests.contains_key("q0"));
+        let rebuilt = State::from_parts(s.core.clone(), s.regions.clone(), s.requests.clone());
+        assert_eq!(rebuilt, s);
+    }
+
+    #[test]
+    fn second_init_is_refused() {
+        let mut s = State::default();
+        s.apply_request(
+            1,
+            &req(
+                "",
+                Command::InitCluster {
+                    cluster_id: "c".into(),
+                    bootstrap_node: 1,
+                },
+            ),
+        );
+        let (r, _) = s.apply_request(
+            2,
+            &req(
+                "",
+                Command::InitCluster {
+                    cluster_id: "d".into(),
+                    bootstrap_node: 2,
+                },
+            ),
+        );
+        assert!(matches!(
+            r.outcome,
+            Outcome::Rejected {
+                reason: Rejection::FailedPrecondition,
+                ..
+            }
+        ));
+        assert_eq!(s.core.cluster.unwrap().cluster_id, "c");
+    }
+}

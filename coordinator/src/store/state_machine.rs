@@ -1,0 +1,496 @@
+//! The state machine on redb: applies committed entries, persists their changes, builds and
+//! installs snapshots.
+//!
+//! Applied changes are committed without fsync: the Raft log is the durable record, and after a
+//! crash openraft re-applies from the last applied id that did reach the disk (every apply
+//! batch writes its rows and its applied id in one transaction, so they never disagree).
+//! Building a snapshot and shutting down fsync, so the state is durable at least up to the
+//! newest snapshot, which is all the log purge relies on.
+
+use super::{blocking, io_err};
+use crate::audit::AuditEntry;
+use crate::command::{Region, Response};
+use crate::state::{Change, Core, State};
+use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use futures::{Stream, TryStreamExt};
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const REGIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("regions");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+
+const CORE: &str = "core";
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+const SNAPSHOT_META: &str = "snapshot_meta";
+const SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// What was applied, cached in memory for apply and for fast local reads.
+struct Applied {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+struct Shared {
+    db: Database,
+    mem: RwLock<Applied>,
+}
+
+/// The state machine store. Cheap to clone; clones share one database.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+/// A read-only handle on the applied state, for the API layer.
+#[derive(Clone)]
+pub struct StateView {
+    shared: Arc<Shared>,
+}
+
+/// Everything a snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    core: Core,
+    regions: Vec<Region>,
+    audit: Vec<AuditEntry>,
+    requests: BTreeMap<String, Response>,
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state file and loads the applied state into memory.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let db = Database::create(path).map_err(io_err)?;
+        let txn = db.begin_write().map_err(io_err)?;
+        for t in [META, REGIONS, REQUESTS] {
+            txn.open_table(t).map_err(io_err)?;
+        }
+        txn.open_table(AUDIT).map_err(io_err)?;
+        txn.commit().map_err(io_err)?;
+        let mem = load(&db.begin_read().map_err(io_err)?)?;
+        Ok(StateMachineStore {
+            shared: Arc::new(Shared {
+                db,
+                mem: RwLock::new(mem),
+            }),
+        })
+    }
+
+    /// A read handle for the API layer.
+    pub fn view(&self) -> StateView {
+        StateView {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Forces every applied change to disk (called on graceful shutdown).
+    pub async fn flush(&self) -> io::Result<()> {
+        let sh = self.shared.clone();
+        blocking(move || {
+            let txn = sh.db.begin_write().map_err(io_err)?;
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
+        let meta = txn.open_table(META).map_err(io_err)?;
+        let (Some(m), Some(d)) = (
+            meta.get(SNAPSHOT_META).map_err(io_err)?,
+            meta.get(SNAPSHOT_DATA).map_err(io_err)?,
+        ) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = serde_json::from_slice(m.value()).map_err(io_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: d.value().to_vec(),
+        }))
+    }
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    key: &str,
+) -> io::Result<Option<T>> {
+    let meta = txn.open_table(META).map_err(io_err)?;
+    match meta.get(key).map_err(io_err)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
+        None => Ok(None),
+    }
+}
+
+fn load(txn: &ReadTransaction) -> io::Result<Applied> {
+    let core: Core = get_json(txn, CORE)?.unwrap_or_default();
+    let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
+    let membership: StoredMembership = get_json(txn, MEMBERSHIP)?.unwrap_or_default();
+    let mut regions = BTreeMap::new();
+    for item in txn
+        .open_table(REGIONS)
+        .map_err(io_err)?
+        .iter()
+        .map_err(io_err)?
+    {
+        let (k, v) = item.map_err(io_err)?;
+        regions.insert(
+            k.value().to_string(),
+            serde_json::from_slice(v.value()).map_err(io_err)?,
+        );
+    }
+    let mut requests = BTreeMap::new();
+    for item in txn
+        .open_table(REQUESTS)
+        .map_err(io_err)?
+        .iter()
+        .map_err(io_err)?
+    {
+        let (k, v) = item.map_err(io_err)?;
+        requests.insert(
+            k.value().to_string(),
+            serde_json::from_slice(v.value()).map_err(io_err)?,
+        );
+    }
+    Ok(Applied {
+        state: State::from_parts(core, regions, requests),
+        last_applied,
+        membership,
+    })
+}
+
+fn put_json<T: Serialize>(txn: &WriteTransaction, key: &str, v: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(v).map_err(io_err)?;
+    txn.open_table(META)
+        .map_err(io_err)?
+        .insert(key, bytes.as_slice())
+        .map_err(io_err)?;
+    Ok(())
+}
+
+/// Writes one apply batch: its changes plus the new scalars, in one transaction.
+fn persist(
+    txn: &WriteTransaction,
+    changes: &[Change],
+    core: &Core,
+    applied: &Option<LogId>,
+    m: &StoredMembership,
+) -> io::Result<()> {
+    {
+        let mut regions = txn.open_table(REGIONS).map_err(io_err)?;
+        let mut audit = txn.open_table(AUDIT).map_err(io_err)?;
+        let mut requests = txn.open_table(REQUESTS).map_err(io_err)?;
+        for c in changes {
+            match c {
+                Change::Region(r) => {
+                    regions
+                        .insert(
+                            r.name.as_str(),
+                            serde_json::to_vec(r).map_err(io_err)?.as_slice(),
+                        )
+                        .map_err(io_err)?;
+                }
+                Change::Audit(e) => {
+                    audit
+                        .insert(e.seq, serde_json::to_vec(e).map_err(io_err)?.as_slice())
+                        .map_err(io_err)?;
+                }
+                Change::Request { id, response } => {
+                    requests
+                        .insert(
+                            id.as_str(),
+                            serde_json::to_vec(response).map_err(io_err)?.as_slice(),
+                        )
+                        .map_err(io_err)?;
+                }
+                Change::ForgetRequest(id) => {
+                    requests.remove(id.as_str()).map_err(io_err)?;
+                }
+            }
+        }
+    }
+    put_json(txn, CORE, core)?;
+    put_json(txn, APPLIED, applied)?;
+    put_json(txn, MEMBERSHIP, m)
+}
+
+/// Prefixes the body with its SHA-256 so a corrupted snapshot is refused instead of installed.
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = hex::encode(Sha256::digest(body)).into_bytes();
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+fn unseal(data: &[u8]) -> io::Result<&[u8]> {
+    if data.len() < 65 || data[64] != b'\n' {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot: missing checksum header",
+        ));
+    }
+    let (sum, body) = (&data[..64], &data[65..]);
+    if hex::encode(Sha256::digest(body)).as_bytes() != sum {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot: checksum mismatch",
+        ));
+    }
+    Ok(body)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let sh = self.shared.clone();
+        blocking(move || {
+            // One read transaction sees one committed apply batch: rows and applied id agree.
+            let txn = sh.db.begin_read().map_err(io_err)?;
+            let mem = load(&txn)?;
+            let mut audit = Vec::new();
+            for item in txn
+                .open_table(AUDIT)
+                .map_err(io_err)?
+                .iter()
+                .map_err(io_err)?
+            {
+                let (_, v) = item.map_err(io_err)?;
+                audit.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+            }
+            let body = SnapshotBody {
+                last_applied: mem.last_applied.clone(),
+                membership: mem.membership.clone(),
+                core: mem.state.core.clone(),
+                regions: mem.state.regions.values().cloned().collect(),
+                audit,
+                requests: mem.state.requests.clone(),
+            };
+            let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
+            let meta = SnapshotMeta {
+                last_log_id: mem.last_applied,
+                last_membership: mem.membership,
+            };
+            drop(txn);
+            // Fsynced: also makes every earlier un-synced apply durable, so the state on disk
+            // always reaches at least the newest snapshot the log may be purged up to.
+            let w = sh.db.begin_write().map_err(io_err)?;
+            put_json(&w, SNAPSHOT_META, &meta)?;
+            w.open_table(META)
+                .map_err(io_err)?
+                .insert(SNAPSHOT_DATA, data.as_slice())
+                .map_err(io_err)?;
+            w.commit().map_err(io_err)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: data,
+            })
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let mem = self.shared.mem.read().map_err(io_err)?;
+        Ok((mem.last_applied.clone(), mem.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut replies = Vec::new();
+        let mut changes = Vec::new();
+        let (core, applied, membership) = {
+            let mut mem = self.shared.mem.write().map_err(io_err)?;
+            for (entry, responder) in batch {
+                let log_id = entry.log_id();
+                let index = log_id.index();
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response {
+                        log_index: index,
+                        ..Default::default()
+                    },
+                    EntryPayload::Normal(req) => {
+                        let (resp, ch) = mem.state.apply_request(index, req);
+                        changes.extend(ch);
+                        resp
+                    }
+                    EntryPayload::Membership(m) => {
+                        mem.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                        let voters: Vec<u64> = m.voter_ids().collect();
+                        let nodes: BTreeMap<String, String> = m
+                            .nodes()
+                            .map(|(id, n)| (id.to_string(), n.addr.clone()))
+                            .collect();
+                        let details = serde_json::json!({ "voters": voters, "nodes": nodes });
+                        changes.extend(mem.state.apply_membership(index, details));
+                        Response {
+                            log_index: index,
+                            ..Default::default()
+                        }
+                    }
+                };
+                mem.last_applied = Some(log_id);
+                if let Some(r) = responder {
+                    replies.push((r, response));
+                }
+            }
+            (
+                mem.state.core.clone(),
+                mem.last_applied.clone(),
+                mem.membership.clone(),
+            )
+        };
+        let sh = self.shared.clone();
+        blocking(move || {
+            let mut txn = sh.db.begin_write().map_err(io_err)?;
+            txn.set_durability(Durability::None).map_err(io_err)?;
+            persist(&txn, &changes, &core, &applied, &membership)?;
+            txn.commit().map_err(io_err)
+        })
+        .await?;
+        // Answer only once the changes are readable from the store.
+        for (r, resp) in replies {
+            r.send(resp);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let body: SnapshotBody = serde_json::from_slice(unseal(&snapshot)?).map_err(io_err)?;
+        let meta = meta.clone();
+        let sh = self.shared.clone();
+        let mem = blocking(move || {
+            let txn = sh.db.begin_write().map_err(io_err)?;
+            for t in [REGIONS, REQUESTS] {
+                txn.delete_table(t).map_err(io_err)?;
+            }
+            txn.delete_table(AUDIT).map_err(io_err)?;
+            let changes: Vec<Change> = body
+                .regions
+                .iter()
+                .cloned()
+                .map(Change::Region)
+                .chain(body.audit.iter().cloned().map(Change::Audit))
+                .chain(body.requests.iter().map(|(id, r)| Change::Request {
+                    id: id.clone(),
+                    response: r.clone(),
+                }))
+                .collect();
+            persist(
+                &txn,
+                &changes,
+                &body.core,
+                &body.last_applied,
+                &body.membership,
+            )?;
+            put_json(&txn, SNAPSHOT_META, &meta)?;
+            txn.open_table(META)
+                .map_err(io_err)?
+                .insert(SNAPSHOT_DATA, snapshot.as_slice())
+                .map_err(io_err)?;
+            txn.commit().map_err(io_err)?;
+            let regions = body
+                .regions
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect();
+            Ok(Applied {
+                state: State::from_parts(body.core, regions, body.requests),
+                last_applied: body.last_applied,
+                membership: body.membership,
+            })
+        })
+        .await?;
+        *self.shared.mem.write().map_err(io_err)? = mem;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let this = self.clone();
+        blocking(move || this.read_snapshot()).await
+    }
+}
+
+// === impl StateView ===
+
+impl StateView {
+    /// Regions by name.
+    pub fn regions(&self) -> Vec<Region> {
+        self.shared
+            .mem
+            .read()
+            .map(|m| m.state.regions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The scalar state (cluster identity, audit head).
+    pub fn core(&self) -> Core {
+        self.shared
+            .mem
+            .read()
+            .map(|m| m.state.core.clone())
+            .unwrap_or_default()
+    }
+
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.shared
+            .mem
+            .read()
+            .ok()
+            .and_then(|m| m.last_applied.as_ref().map(|l| l.index()))
+            .unwrap_or(0)
+    }
+
+    /// Up to `limit` audit entries starting at sequence `from`.
+    pub async fn audit(&self, from: u64, limit: usize) -> io::Result<Vec<AuditEntry>> {
+        let sh = self.shared.clone();
+        blocking(move || {
+            let txn = sh.db.begin_read().map_err(io_err)?;
+            let t = txn.open_table(AUDIT).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.range(from..).map_err(io_err)?.take(limit) {
+                let (_, v) = item.map_err(io_err)?;
+                out.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
