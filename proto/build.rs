@@ -5,11 +5,7 @@ use prost::Message;
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "drcut/v1/control.proto",
-        "drcut/v1/agent.proto",
-        "drcut/v1/raft.proto",
-    ];
+    let files = ["drcut/v1/control.proto", "drcut/v1/agent.proto", "drcut/v1/raft.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

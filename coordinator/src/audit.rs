@@ -82,9 +82,7 @@ impl AuditEntry {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChainError {
     /// An entry's stored hash differs from the hash of its content.
-    #[error(
-        "audit chain broken at seq {seq}: content does not match its hash (stored {stored}, computed {computed})"
-    )]
+    #[error("audit chain broken at seq {seq}: content does not match its hash (stored {stored}, computed {computed})")]
     HashMismatch {
         /// Sequence number of the bad entry.
         seq: u64,
@@ -94,9 +92,7 @@ pub enum ChainError {
         computed: String,
     },
     /// An entry does not point at its predecessor.
-    #[error(
-        "audit chain broken at seq {seq}: prev_hash {found} does not match the previous entry's hash {expected}"
-    )]
+    #[error("audit chain broken at seq {seq}: prev_hash {found} does not match the previous entry's hash {expected}")]
     LinkMismatch {
         /// Sequence number of the bad entry.
         seq: u64,
@@ -106,9 +102,7 @@ pub enum ChainError {
         found: String,
     },
     /// Sequence numbers skip or repeat.
-    #[error(
-        "audit chain broken at seq {found}: expected seq {expected} (an entry is missing or duplicated)"
-    )]
+    #[error("audit chain broken at seq {found}: expected seq {expected} (an entry is missing or duplicated)")]
     Gap {
         /// The sequence number that should come next.
         expected: u64,
@@ -143,20 +137,13 @@ impl ChainVerifier {
     /// Starts in the middle of a chain: `seq` is the next expected entry, `prev_hash` the hash
     /// of the entry before it (e.g. from an earlier, trusted export).
     pub fn resume(seq: u64, prev_hash: &str) -> Self {
-        Self {
-            next_seq: seq,
-            prev_hash: prev_hash.to_string(),
-            checked: 0,
-        }
+        Self { next_seq: seq, prev_hash: prev_hash.to_string(), checked: 0 }
     }
 
     /// Checks the next entry.
     pub fn push(&mut self, e: &AuditEntry) -> Result<(), ChainError> {
         if e.seq != self.next_seq {
-            return Err(ChainError::Gap {
-                expected: self.next_seq,
-                found: e.seq,
-            });
+            return Err(ChainError::Gap { expected: self.next_seq, found: e.seq });
         }
         if e.prev_hash != self.prev_hash {
             return Err(ChainError::LinkMismatch {
@@ -167,11 +154,7 @@ impl ChainVerifier {
         }
         let computed = e.compute_hash();
         if computed != e.hash {
-            return Err(ChainError::HashMismatch {
-                seq: e.seq,
-                stored: e.hash.clone(),
-                computed,
-            });
+            return Err(ChainError::HashMismatch { seq: e.seq, stored: e.hash.clone(), computed });
         }
         self.next_seq += 1;
         self.prev_hash = computed;
@@ -181,10 +164,7 @@ impl ChainVerifier {
 
     /// What has been verified so far.
     pub fn summary(&self) -> ChainSummary {
-        ChainSummary {
-            entries: self.checked,
-            head: self.prev_hash.clone(),
-        }
+        ChainSummary { entries: self.checked, head: self.prev_hash.clone() }
     }
 }
 
@@ -195,9 +175,7 @@ impl Default for ChainVerifier {
 }
 
 /// Verifies a whole chain from its genesis.
-pub fn verify_chain<'a>(
-    entries: impl IntoIterator<Item = &'a AuditEntry>,
-) -> Result<ChainSummary, ChainError> {
+pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Result<ChainSummary, ChainError> {
     let mut v = ChainVerifier::new();
     for e in entries {
         v.push(e)?;
@@ -213,10 +191,7 @@ mod tests {
     fn chain(n: u64) -> Vec<AuditEntry> {
         let mut out: Vec<AuditEntry> = Vec::new();
         for i in 1..=n {
-            let prev = out
-                .last()
-                .map(|e| e.hash.clone())
-                .unwrap_or_else(|| GENESIS_HASH.into());
+            let prev = out.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS_HASH.into());
             out.push(AuditEntry::new(
                 i,
                 1000 + i as i64,
@@ -242,10 +217,7 @@ mod tests {
     fn edited_field_is_detected_at_its_seq() {
         let mut c = chain(5);
         c[2].actor = "mallory".into();
-        assert!(matches!(
-            verify_chain(&c),
-            Err(ChainError::HashMismatch { seq: 3, .. })
-        ));
+        assert!(matches!(verify_chain(&c), Err(ChainError::HashMismatch { seq: 3, .. })));
     }
 
     #[test]
@@ -253,23 +225,14 @@ mod tests {
         let mut c = chain(5);
         c[2].details = json!({"name": "evil"});
         c[2].hash = c[2].compute_hash();
-        assert!(matches!(
-            verify_chain(&c),
-            Err(ChainError::LinkMismatch { seq: 4, .. })
-        ));
+        assert!(matches!(verify_chain(&c), Err(ChainError::LinkMismatch { seq: 4, .. })));
     }
 
     #[test]
     fn removed_entry_is_a_gap() {
         let mut c = chain(5);
         c.remove(1);
-        assert!(matches!(
-            verify_chain(&c),
-            Err(ChainError::Gap {
-                expected: 2,
-                found: 3
-            })
-        ));
+        assert!(matches!(verify_chain(&c), Err(ChainError::Gap { expected: 2, found: 3 })));
     }
 
     #[test]

@@ -17,11 +17,7 @@ const CONNECT: Duration = Duration::from_millis(800);
 pub async fn probe_status(addr: &str, timeout: Duration) -> Option<ClusterStatus> {
     let fut = async {
         let ch = endpoint(addr).ok()?.connect().await.ok()?;
-        ControlClient::new(ch)
-            .get_status(GetStatusRequest::default())
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        ControlClient::new(ch).get_status(GetStatusRequest::default()).await.ok().map(|r| r.into_inner())
     };
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
@@ -38,11 +34,7 @@ pub struct Client {
 impl Client {
     /// A client trying `endpoints` in order.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        Client {
-            endpoints,
-            pinned: false,
-            timeout,
-        }
+        Client { endpoints, pinned: false, timeout }
     }
 
     /// Talk to the first endpoint only (for reads of one node's local state).
@@ -88,22 +80,14 @@ impl Client {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
                     if !self.pinned
-                        && let Some(leader) = s
-                            .metadata()
-                            .get("x-drcut-leader")
-                            .and_then(|v| v.to_str().ok())
+                        && let Some(leader) = s.metadata().get("x-drcut-leader").and_then(|v| v.to_str().ok())
                     {
                         queue.insert(0, leader.to_string());
                     }
                     last = Status::unavailable(format!("{addr}: {}", s.message()));
                 }
                 Ok(Err(s)) => return Err(s),
-                Err(_) => {
-                    last = Status::deadline_exceeded(format!(
-                        "{addr}: no answer within {:?}",
-                        self.timeout
-                    ))
-                }
+                Err(_) => last = Status::deadline_exceeded(format!("{addr}: no answer within {:?}", self.timeout)),
             }
         }
         Err(last)

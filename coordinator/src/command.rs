@@ -21,13 +21,7 @@ pub struct Request {
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} by {} (request {})",
-            self.cmd.action(),
-            self.actor,
-            self.request_id
-        )
+        write!(f, "{} by {} (request {})", self.cmd.action(), self.actor, self.request_id)
     }
 }
 

@@ -126,40 +126,26 @@ impl Config {
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            file: file.to_string(),
-            field: field.to_string(),
-            message,
-        };
+        let err =
+            |field: &str, message: String| ConfigError { file: file.to_string(), field: field.to_string(), message };
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
             let field = yaml_field(&e.to_string());
             err(&field, e.to_string())
         })?;
-        let node_id = raw.node_id.ok_or_else(|| {
-            err(
-                "node_id",
-                "missing (a number ≥ 1, unique in the cluster)".into(),
-            )
-        })?;
+        let node_id =
+            raw.node_id.ok_or_else(|| err("node_id", "missing (a number ≥ 1, unique in the cluster)".into()))?;
         if node_id == 0 {
             return Err(err("node_id", "must be ≥ 1".into()));
         }
-        let cluster_id = raw
-            .cluster_id
-            .ok_or_else(|| err("cluster_id", "missing".into()))?;
+        let cluster_id = raw.cluster_id.ok_or_else(|| err("cluster_id", "missing".into()))?;
         validate_name("cluster_id", &cluster_id).map_err(|m| err("cluster_id", m))?;
-        let data_dir = raw
-            .data_dir
-            .ok_or_else(|| err("data_dir", "missing".into()))?;
+        let data_dir = raw.data_dir.ok_or_else(|| err("data_dir", "missing".into()))?;
         if data_dir.as_os_str().is_empty() {
             return Err(err("data_dir", "is empty".into()));
         }
-        let listen_s = raw
-            .listen
-            .ok_or_else(|| err("listen", "missing (host:port)".into()))?;
-        let listen: SocketAddr = listen_s
-            .parse()
-            .map_err(|_| err("listen", format!("{listen_s:?} is not an IP:port address")))?;
+        let listen_s = raw.listen.ok_or_else(|| err("listen", "missing (host:port)".into()))?;
+        let listen: SocketAddr =
+            listen_s.parse().map_err(|_| err("listen", format!("{listen_s:?} is not an IP:port address")))?;
         let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
         check_host_port(&advertise).map_err(|m| err("advertise", m))?;
         let mut ids = BTreeSet::new();
@@ -170,17 +156,11 @@ impl Config {
                 return Err(err(&format!("{f}.id"), "must be ≥ 1".into()));
             }
             if !ids.insert(m.id) {
-                return Err(err(
-                    &format!("{f}.id"),
-                    format!("node id {} appears more than once", m.id),
-                ));
+                return Err(err(&format!("{f}.id"), format!("node id {} appears more than once", m.id)));
             }
             check_host_port(&m.addr).map_err(|msg| err(&format!("{f}.addr"), msg))?;
             if !addrs.insert(m.addr.clone()) {
-                return Err(err(
-                    &format!("{f}.addr"),
-                    format!("address {} appears more than once", m.addr),
-                ));
+                return Err(err(&format!("{f}.addr"), format!("address {} appears more than once", m.addr)));
             }
         }
         if !raw.initial_members.is_empty() {
@@ -197,10 +177,7 @@ impl Config {
                 Some(me) if me.addr != advertise => {
                     return Err(err(
                         "initial_members",
-                        format!(
-                            "this node's entry says {} but it advertises {advertise}",
-                            me.addr
-                        ),
+                        format!("this node's entry says {} but it advertises {advertise}", me.addr),
                     ));
                 }
                 Some(_) => {}
@@ -211,16 +188,10 @@ impl Config {
         }
         let r = &raw.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
-            return Err(err(
-                "raft.election_timeout_min_ms",
-                "must exceed raft.heartbeat_ms (> 0)".into(),
-            ));
+            return Err(err("raft.election_timeout_min_ms", "must exceed raft.heartbeat_ms (> 0)".into()));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(err(
-                "raft.election_timeout_max_ms",
-                "must exceed raft.election_timeout_min_ms".into(),
-            ));
+            return Err(err("raft.election_timeout_max_ms", "must exceed raft.election_timeout_min_ms".into()));
         }
         if r.snapshot_every_logs == 0 {
             return Err(err("raft.snapshot_every_logs", "must be ≥ 1".into()));
@@ -241,11 +212,7 @@ impl Config {
 
     /// An error about this config.
     pub fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.clone(),
-            field: field.to_string(),
-            message: message.into(),
-        }
+        ConfigError { file: self.file.clone(), field: field.to_string(), message: message.into() }
     }
 }
 
@@ -303,39 +270,18 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         assert_eq!(field_of(&GOOD.replace("node_id: 1\n", "")), "node_id");
-        assert_eq!(
-            field_of(&GOOD.replace("127.0.0.1:7001\ninit", "nowhere\ninit")),
-            "listen"
-        );
-        assert_eq!(
-            field_of(&GOOD.replace("cluster_id: c1", "cluster_id: Bad_Id")),
-            "cluster_id"
-        );
-        assert_eq!(
-            field_of(&GOOD.replace("id: 2", "id: 1")),
-            "initial_members[1].id"
-        );
-        assert_eq!(
-            field_of(&GOOD.replace("node_id: 1", "node_id: 3")),
-            "initial_members"
-        );
-        assert_eq!(
-            field_of(&format!("{GOOD}raft: {{ heartbeat_ms: 900 }}\n")),
-            "raft.election_timeout_min_ms"
-        );
-        assert_eq!(
-            field_of(&format!("{GOOD}raft: {{ heartbeat: 9 }}\n")),
-            "heartbeat"
-        );
+        assert_eq!(field_of(&GOOD.replace("127.0.0.1:7001\ninit", "nowhere\ninit")), "listen");
+        assert_eq!(field_of(&GOOD.replace("cluster_id: c1", "cluster_id: Bad_Id")), "cluster_id");
+        assert_eq!(field_of(&GOOD.replace("id: 2", "id: 1")), "initial_members[1].id");
+        assert_eq!(field_of(&GOOD.replace("node_id: 1", "node_id: 3")), "initial_members");
+        assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat_ms: 900 }}\n")), "raft.election_timeout_min_ms");
+        assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat: 9 }}\n")), "heartbeat");
     }
 
     #[test]
     fn joiner_needs_no_members() {
-        let c = Config::parse(
-            "f.yaml",
-            "node_id: 4\ncluster_id: c1\ndata_dir: /tmp/x\nlisten: 127.0.0.4:7001\n",
-        )
-        .unwrap();
+        let c =
+            Config::parse("f.yaml", "node_id: 4\ncluster_id: c1\ndata_dir: /tmp/x\nlisten: 127.0.0.4:7001\n").unwrap();
         assert!(c.initial_members.is_empty());
     }
 }

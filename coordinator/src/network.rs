@@ -3,16 +3,12 @@
 //! One tonic [`Channel`] per peer is created lazily and cached for the life of the process
 //! (tonic reconnects it by itself), so a heartbeat never pays a TCP or HTTP/2 handshake.
 
-use crate::types::{
-    Node, NodeId, RPCError, Snapshot, SnapshotData, StreamingError, TypeConfig, Vote,
-};
+use crate::types::{Node, NodeId, RPCError, Snapshot, SnapshotData, StreamingError, TypeConfig, Vote};
 use drcut_proto::v1::raft_transport_client::RaftTransportClient;
 use drcut_proto::v1::{RaftMessage, SnapshotChunk};
 use openraft::errors::{NetworkError, ReplicationClosed, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,18 +48,12 @@ pub struct ChannelPool {
 impl ChannelPool {
     /// A pool that dials node `id` at `overrides[id]` instead of its advertised address.
     pub fn new(overrides: HashMap<NodeId, String>) -> Self {
-        ChannelPool {
-            channels: Arc::default(),
-            overrides: Arc::new(overrides),
-        }
+        ChannelPool { channels: Arc::default(), overrides: Arc::new(overrides) }
     }
 
     /// The address to dial for a node.
     pub fn dial_addr(&self, id: NodeId, advertised: &str) -> String {
-        self.overrides
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| advertised.to_string())
+        self.overrides.get(&id).cloned().unwrap_or_else(|| advertised.to_string())
     }
 
     /// The cached channel to `addr` (`host:port`), created lazily on first use.
@@ -80,11 +70,7 @@ impl ChannelPool {
 
 /// A client endpoint with the timeouts and keepalives every drcut connection uses.
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
@@ -111,10 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         let addr = self.pool.dial_addr(target, &node.addr);
-        PeerClient {
-            target,
-            channel: self.pool.channel(&addr).map_err(|e| e.to_string()),
-        }
+        PeerClient { target, channel: self.pool.channel(&addr).map_err(|e| e.to_string()) }
     }
 }
 
@@ -134,11 +117,7 @@ fn status_err(target: NodeId, s: tonic::Status) -> RPCError {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             unreachable(format!("node {target}: {}", s.message()))
         }
-        _ => RPCError::Network(NetworkError::from_string(format!(
-            "node {target}: {}: {}",
-            s.code(),
-            s.message()
-        ))),
+        _ => RPCError::Network(NetworkError::from_string(format!("node {target}: {}: {}", s.code(), s.message()))),
     }
 }
 
@@ -154,8 +133,7 @@ impl PeerClient {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, RPCError> {
-        let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client()?;
         let msg = RaftMessage { payload };
         let fut = async {
@@ -167,14 +145,10 @@ impl PeerClient {
         let reply = match tokio::time::timeout(ttl, fut).await {
             Ok(r) => r.map_err(|s| status_err(self.target, s))?,
             Err(_) => {
-                return Err(unreachable(format!(
-                    "node {}: {kind} timed out after {ttl:?}",
-                    self.target
-                )));
+                return Err(unreachable(format!("node {}: {kind} timed out after {ttl:?}", self.target)));
             }
         };
-        serde_json::from_slice(&reply.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -194,15 +168,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError> {
-        self.call(
-            "vote",
-            &VoteEnvelope {
-                pre_vote: false,
-                req: rpc,
-            },
-            option.hard_ttl(),
-        )
-        .await
+        self.call("vote", &VoteEnvelope { pre_vote: false, req: rpc }, option.hard_ttl()).await
     }
 
     async fn pre_vote(
@@ -210,15 +176,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError> {
-        self.call(
-            "vote",
-            &VoteEnvelope {
-                pre_vote: true,
-                req: rpc,
-            },
-            option.hard_ttl(),
-        )
-        .await
+        self.call("vote", &VoteEnvelope { pre_vote: true, req: rpc }, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
@@ -228,35 +186,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError> {
-        let header = serde_json::to_vec(&SnapshotHeader {
-            vote,
-            meta: snapshot.meta.clone(),
-        })
-        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header = serde_json::to_vec(&SnapshotHeader { vote, meta: snapshot.meta.clone() })
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let data = snapshot.snapshot;
-        let mut chunks = vec![SnapshotChunk {
-            header,
-            data: Vec::new(),
-        }];
-        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
-            header: Vec::new(),
-            data: c.to_vec(),
-        }));
+        let mut chunks = vec![SnapshotChunk { header, data: Vec::new() }];
+        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk { header: Vec::new(), data: c.to_vec() }));
         let total = data.len();
         let mut client = self.client()?;
-        tracing::info!(
-            target_node = self.target,
-            bytes = total,
-            chunks = chunks.len() - 1,
-            "sending snapshot"
-        );
+        tracing::info!(target_node = self.target, bytes = total, chunks = chunks.len() - 1, "sending snapshot");
         let send = client.install_snapshot(tokio_stream::iter(chunks));
         let reply = tokio::select! {
             r = send => r.map_err(|s| StreamingError::from(status_err(self.target, s)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        serde_json::from_slice(&reply.into_inner().payload)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 
     fn backoff(&self) -> Option<Backoff> {

@@ -55,26 +55,23 @@ pub fn check_data_dir(cfg: &Config) -> Result<bool, ConfigError> {
     }
     let idp = dir.join(IDENTITY_FILE);
     let text = std::fs::read_to_string(&idp).map_err(|_| {
-        cfg.error("data_dir", format!("{shown} is not empty and has no {IDENTITY_FILE}: not a drcut data dir, refusing to use it"))
+        cfg.error(
+            "data_dir",
+            format!("{shown} is not empty and has no {IDENTITY_FILE}: not a drcut data dir, refusing to use it"),
+        )
     })?;
     let id: Identity = serde_json::from_str(&text)
         .map_err(|e| cfg.error("data_dir", format!("{}: unreadable: {e}", idp.display())))?;
     if id.cluster_id != cfg.cluster_id {
         return Err(cfg.error(
             "cluster_id",
-            format!(
-                "{shown} belongs to cluster {:?}, this config says {:?}",
-                id.cluster_id, cfg.cluster_id
-            ),
+            format!("{shown} belongs to cluster {:?}, this config says {:?}", id.cluster_id, cfg.cluster_id),
         ));
     }
     if id.node_id != cfg.node_id {
         return Err(cfg.error(
             "node_id",
-            format!(
-                "{shown} belongs to node {}, this config says node {}",
-                id.node_id, cfg.node_id
-            ),
+            format!("{shown} belongs to node {}, this config says node {}", id.node_id, cfg.node_id),
         ));
     }
     Ok(false)
@@ -82,10 +79,7 @@ pub fn check_data_dir(cfg: &Config) -> Result<bool, ConfigError> {
 
 fn init_data_dir(cfg: &Config) -> std::io::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let id = Identity {
-        node_id: cfg.node_id,
-        cluster_id: cfg.cluster_id.clone(),
-    };
+    let id = Identity { node_id: cfg.node_id, cluster_id: cfg.cluster_id.clone() };
     let tmp = cfg.data_dir.join(format!("{IDENTITY_FILE}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?)?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -94,10 +88,7 @@ fn init_data_dir(cfg: &Config) -> std::io::Result<()> {
 
 /// Current wall-clock time in Unix milliseconds (stamped on requests by the leader).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A request only the leader can execute; followers forward it.
@@ -169,10 +160,7 @@ pub struct WireError {
 
 impl From<Status> for WireError {
     fn from(s: Status) -> Self {
-        WireError {
-            code: s.code() as i32,
-            message: s.message().to_string(),
-        }
+        WireError { code: s.code() as i32, message: s.message().to_string() }
     }
 }
 
@@ -211,9 +199,7 @@ pub fn not_leader(leader: Option<(NodeId, String)>, why: &str) -> Status {
             }
             s
         }
-        None => Status::unavailable(format!(
-            "{why}; no leader is known (election in progress or no quorum)"
-        )),
+        None => Status::unavailable(format!("{why}; no leader is known (election in progress or no quorum)")),
     }
 }
 
@@ -228,21 +214,13 @@ impl App {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.metrics();
         let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
     }
 
     /// Runs a leader-only request here if this node leads, else forwards it to the leader
     /// (once: a forwarded request is never forwarded again).
-    pub async fn leader_call(
-        &self,
-        req: LeaderRequest,
-        forwarded: bool,
-    ) -> Result<LeaderReply, Status> {
+    pub async fn leader_call(&self, req: LeaderRequest, forwarded: bool) -> Result<LeaderReply, Status> {
         if self.raft.is_leader() {
             return self.execute(req).await;
         }
@@ -259,24 +237,13 @@ impl App {
             .map_err(|e| Status::unavailable(format!("leader node {lid} at {laddr}: {e}")))?;
         let payload = serde_json::to_vec(&req).map_err(|e| Status::internal(e.to_string()))?;
         let mut client = RaftTransportClient::new(ch);
-        let reply = match tokio::time::timeout(
-            FORWARD_TIMEOUT,
-            client.forward(RaftMessage { payload }),
-        )
-        .await
-        {
+        let reply = match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(RaftMessage { payload })).await {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s))
-                if s.code() == Code::Unavailable
-                    && s.metadata().get("x-drcut-leader").is_some() =>
-            {
+            Ok(Err(s)) if s.code() == Code::Unavailable && s.metadata().get("x-drcut-leader").is_some() => {
                 return Err(s);
             }
             Ok(Err(s)) => {
-                return Err(not_leader(
-                    leader,
-                    &format!("forwarding to the leader failed: {}", s.message()),
-                ));
+                return Err(not_leader(leader, &format!("forwarding to the leader failed: {}", s.message())));
             }
             Err(_) => {
                 return Err(not_leader(
@@ -298,65 +265,35 @@ impl App {
                 Ok(LeaderReply::Write(self.propose(r).await?))
             }
             LeaderRequest::ReadIndex => {
-                let read = self
-                    .raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await
-                    .map_err(|e| self.raft_err(e))?;
-                Ok(LeaderReply::ReadIndex {
-                    index: read.log_id().index(),
-                })
+                let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| self.raft_err(e))?;
+                Ok(LeaderReply::ReadIndex { index: read.log_id().index() })
             }
             LeaderRequest::AddLearner { ctx, id, addr } => {
                 let m = self.membership();
                 if m.voters.contains(&id) {
-                    return Err(Status::already_exists(format!(
-                        "node {id} is already a voter"
-                    )));
+                    return Err(Status::already_exists(format!("node {id} is already a voter")));
                 }
                 if let Some(a) = m.nodes.get(&id).filter(|a| **a != addr) {
                     return Err(Status::already_exists(format!(
                         "node {id} is already a member at {a}; node ids are never reused"
                     )));
                 }
-                self.record(
-                    &ctx,
-                    "cluster.add_learner",
-                    serde_json::json!({"node_id": id, "addr": addr}),
-                )
-                .await?;
-                let r = self
-                    .raft
-                    .add_learner(id, Node { addr }, true)
-                    .await
-                    .map_err(|e| self.raft_err(e))?;
-                Ok(LeaderReply::Membership {
-                    log_index: r.log_id.index(),
-                })
+                self.record(&ctx, "cluster.add_learner", serde_json::json!({"node_id": id, "addr": addr})).await?;
+                let r = self.raft.add_learner(id, Node { addr }, true).await.map_err(|e| self.raft_err(e))?;
+                Ok(LeaderReply::Membership { log_index: r.log_id.index() })
             }
             LeaderRequest::Promote { ctx, id } => {
                 let m = self.membership();
                 if m.voters.contains(&id) {
-                    return Err(Status::already_exists(format!(
-                        "node {id} is already a voter"
-                    )));
+                    return Err(Status::already_exists(format!("node {id} is already a voter")));
                 }
                 if !m.nodes.contains_key(&id) {
-                    return Err(Status::not_found(format!(
-                        "node {id} is not a learner; add it first"
-                    )));
+                    return Err(Status::not_found(format!("node {id} is not a learner; add it first")));
                 }
-                self.record(&ctx, "cluster.promote", serde_json::json!({"node_id": id}))
-                    .await?;
+                self.record(&ctx, "cluster.promote", serde_json::json!({"node_id": id})).await?;
                 let ch = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-                let r = self
-                    .raft
-                    .change_membership(ch, false)
-                    .await
-                    .map_err(|e| self.raft_err(e))?;
-                Ok(LeaderReply::Membership {
-                    log_index: r.log_id.index(),
-                })
+                let r = self.raft.change_membership(ch, false).await.map_err(|e| self.raft_err(e))?;
+                Ok(LeaderReply::Membership { log_index: r.log_id.index() })
             }
             LeaderRequest::Remove { ctx, id } => {
                 let m = self.membership();
@@ -364,61 +301,33 @@ impl App {
                     return Err(Status::not_found(format!("node {id} is not a member")));
                 }
                 if m.voters.contains(&id) && m.voters.len() == 1 {
-                    return Err(Status::failed_precondition(format!(
-                        "node {id} is the last voter"
-                    )));
+                    return Err(Status::failed_precondition(format!("node {id} is the last voter")));
                 }
-                self.record(&ctx, "cluster.remove", serde_json::json!({"node_id": id}))
-                    .await?;
+                self.record(&ctx, "cluster.remove", serde_json::json!({"node_id": id})).await?;
                 let ch = if m.voters.contains(&id) {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                let r = self
-                    .raft
-                    .change_membership(ch, false)
-                    .await
-                    .map_err(|e| self.raft_err(e))?;
-                Ok(LeaderReply::Membership {
-                    log_index: r.log_id.index(),
-                })
+                let r = self.raft.change_membership(ch, false).await.map_err(|e| self.raft_err(e))?;
+                Ok(LeaderReply::Membership { log_index: r.log_id.index() })
             }
         }
     }
 
-    async fn record(
-        &self,
-        ctx: &Ctx,
-        action: &str,
-        details: serde_json::Value,
-    ) -> Result<Response, Status> {
-        let cmd = Command::Record {
-            action: action.to_string(),
-            details,
-        };
-        self.propose(Request {
-            request_id: ctx.request_id.clone(),
-            actor: ctx.actor.clone(),
-            at_ms: now_ms(),
-            cmd,
-        })
-        .await
+    async fn record(&self, ctx: &Ctx, action: &str, details: serde_json::Value) -> Result<Response, Status> {
+        let cmd = Command::Record { action: action.to_string(), details };
+        self.propose(Request { request_id: ctx.request_id.clone(), actor: ctx.actor.clone(), at_ms: now_ms(), cmd })
+            .await
     }
 
     async fn propose(&self, r: Request) -> Result<Response, Status> {
-        let out = self
-            .raft
-            .client_write(r)
-            .await
-            .map_err(|e| self.raft_err(e))?;
+        let out = self.raft.client_write(r).await.map_err(|e| self.raft_err(e))?;
         Ok(out.data)
     }
 
     fn raft_err<
-        E: std::fmt::Display
-            + std::fmt::Debug
-            + openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>>,
+        E: std::fmt::Display + std::fmt::Debug + openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>>,
     >(
         &self,
         e: RaftError<TypeConfig, E>,
@@ -442,18 +351,14 @@ impl App {
     /// Waits until this node has applied everything the leader had committed when asked: a
     /// linearizable read served from any node.
     pub async fn linearizable_barrier(&self) -> Result<(), Status> {
-        let LeaderReply::ReadIndex { index } =
-            self.leader_call(LeaderRequest::ReadIndex, false).await?
-        else {
+        let LeaderReply::ReadIndex { index } = self.leader_call(LeaderRequest::ReadIndex, false).await? else {
             return Err(Status::internal("unexpected reply to read-index"));
         };
         self.raft
             .wait(Some(Duration::from_secs(5)))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| {
-                Status::unavailable(format!("this node did not catch up with the leader: {e}"))
-            })?;
+            .map_err(|e| Status::unavailable(format!("this node did not catch up with the leader: {e}")))?;
         Ok(())
     }
 
@@ -482,19 +387,11 @@ pub struct MembershipView {
 ///
 /// Errors before the listener serves are config or data-dir problems (exit code 2 in main);
 /// nothing is written to the data dir until every check has passed.
-pub async fn run(
-    cfg: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let fresh = check_data_dir(&cfg)?;
     if fresh {
-        init_data_dir(&cfg).map_err(|e| {
-            cfg.error(
-                "data_dir",
-                format!("{}: cannot create: {e}", cfg.data_dir.display()),
-            )
-        })?;
+        init_data_dir(&cfg)
+            .map_err(|e| cfg.error("data_dir", format!("{}: cannot create: {e}", cfg.data_dir.display())))?;
     }
     let log = open_store(&cfg, "raft-log.redb", LogStore::open)?;
     let sm = open_store(&cfg, "state.redb", StateMachineStore::open)?;
@@ -511,10 +408,7 @@ pub async fn run(
         enable_pre_vote: Some(true),
         ..Default::default()
     };
-    let rc = Arc::new(
-        rc.validate()
-            .map_err(|e| cfg.error("raft", e.to_string()))?,
-    );
+    let rc = Arc::new(rc.validate().map_err(|e| cfg.error("raft", e.to_string()))?);
     let pool = ChannelPool::new(cfg.peer_dial_overrides.clone().into_iter().collect());
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await
@@ -538,10 +432,7 @@ pub async fn run(
     }
     tokio::spawn(ensure_cluster_identity(app.clone()));
 
-    println!(
-        "drcut-coordinator: node {} serving on {}",
-        cfg.node_id, cfg.advertise
-    );
+    println!("drcut-coordinator: node {} serving on {}", cfg.node_id, cfg.advertise);
     tracing::info!(node = cfg.node_id, addr = %cfg.advertise, fresh, "serving");
 
     shutdown.await;
@@ -550,25 +441,16 @@ pub async fn run(
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
-    sm.flush()
-        .await
-        .map_err(|e| NodeError::Io(format!("flush state: {e}")))?;
+    sm.flush().await.map_err(|e| NodeError::Io(format!("flush state: {e}")))?;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(())
 }
 
-fn open_store<T>(
-    cfg: &Config,
-    name: &str,
-    open: impl Fn(&Path) -> std::io::Result<T>,
-) -> Result<T, NodeError> {
+fn open_store<T>(cfg: &Config, name: &str, open: impl Fn(&Path) -> std::io::Result<T>) -> Result<T, NodeError> {
     let p = cfg.data_dir.join(name);
     open(&p).map_err(|e| {
         if e.to_string().contains("already open") {
-            NodeError::Config(cfg.error(
-                "data_dir",
-                format!("{} is in use by another process", p.display()),
-            ))
+            NodeError::Config(cfg.error("data_dir", format!("{} is in use by another process", p.display())))
         } else {
             NodeError::Io(format!("{}: {e}", p.display()))
         }
@@ -588,25 +470,12 @@ async fn bootstrap(app: &App, cfg: &Config) {
         if let Some(st) = crate::client::probe_status(&addr, Duration::from_millis(700)).await
             && (st.term > 0 || st.leader_id != 0)
         {
-            tracing::warn!(
-                peer = m.id,
-                "peer already belongs to an initialised cluster; not bootstrapping"
-            );
+            tracing::warn!(peer = m.id, "peer already belongs to an initialised cluster; not bootstrapping");
             return;
         }
     }
-    let members: BTreeMap<NodeId, Node> = cfg
-        .initial_members
-        .iter()
-        .map(|m| {
-            (
-                m.id,
-                Node {
-                    addr: m.addr.clone(),
-                },
-            )
-        })
-        .collect();
+    let members: BTreeMap<NodeId, Node> =
+        cfg.initial_members.iter().map(|m| (m.id, Node { addr: m.addr.clone() })).collect();
     match app.raft.initialize(members).await {
         Ok(()) => tracing::info!("cluster bootstrapped"),
         Err(e) => tracing::warn!("bootstrap skipped: {e}"),
@@ -621,16 +490,8 @@ async fn ensure_cluster_identity(app: AppRef) {
             return;
         }
         if app.raft.is_leader() {
-            let cmd = Command::InitCluster {
-                cluster_id: app.cluster_id.clone(),
-                bootstrap_node: app.id,
-            };
-            let req = Request {
-                request_id: "cluster-init".into(),
-                actor: "system".into(),
-                at_ms: 0,
-                cmd,
-            };
+            let cmd = Command::InitCluster { cluster_id: app.cluster_id.clone(), bootstrap_node: app.id };
+            let req = Request { request_id: "cluster-init".into(), actor: "system".into(), at_ms: 0, cmd };
             if let Err(e) = app.execute(LeaderRequest::Write(req)).await {
                 tracing::debug!("cluster init not yet recorded: {e}");
             }

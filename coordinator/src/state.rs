@@ -29,12 +29,7 @@ pub struct Core {
 
 impl Default for Core {
     fn default() -> Self {
-        Core {
-            cluster: None,
-            audit_len: 0,
-            audit_head: GENESIS_HASH.to_string(),
-            clock_ms: 0,
-        }
+        Core { cluster: None, audit_len: 0, audit_head: GENESIS_HASH.to_string(), clock_ms: 0 }
     }
 }
 
@@ -71,21 +66,9 @@ pub struct State {
 
 impl State {
     /// Rebuilds a state from persisted parts.
-    pub fn from_parts(
-        core: Core,
-        regions: BTreeMap<String, Region>,
-        requests: BTreeMap<String, Response>,
-    ) -> Self {
-        let request_order = requests
-            .iter()
-            .map(|(id, r)| (r.log_index, id.clone()))
-            .collect();
-        State {
-            core,
-            regions,
-            requests,
-            request_order,
-        }
+    pub fn from_parts(core: Core, regions: BTreeMap<String, Region>, requests: BTreeMap<String, Response>) -> Self {
+        let request_order = requests.iter().map(|(id, r)| (r.log_index, id.clone())).collect();
+        State { core, regions, requests, request_order }
     }
 
     /// Applies one committed request at `log_index`.
@@ -112,21 +95,10 @@ impl State {
     }
 
     /// Records a membership change committed by Raft itself.
-    pub fn apply_membership(
-        &mut self,
-        log_index: u64,
-        membership: serde_json::Value,
-    ) -> Vec<Change> {
+    pub fn apply_membership(&mut self, log_index: u64, membership: serde_json::Value) -> Vec<Change> {
         let mut changes = Vec::new();
         let at = self.core.clock_ms;
-        self.audit(
-            log_index,
-            at,
-            "raft",
-            "cluster.membership",
-            membership,
-            &mut changes,
-        );
+        self.audit(log_index, at, "raft", "cluster.membership", membership, &mut changes);
         changes
     }
 
@@ -137,10 +109,7 @@ impl State {
         changes: &mut Vec<Change>,
     ) -> Result<Outcome, (Rejection, String)> {
         match &req.cmd {
-            Command::InitCluster {
-                cluster_id,
-                bootstrap_node,
-            } => {
+            Command::InitCluster { cluster_id, bootstrap_node } => {
                 if let Some(c) = &self.core.cluster {
                     return Err((
                         Rejection::FailedPrecondition,
@@ -166,38 +135,19 @@ impl State {
             Command::AddRegion { region } => {
                 validate_region(region).map_err(|m| (Rejection::InvalidArgument, m))?;
                 if self.regions.contains_key(&region.name) {
-                    return Err((
-                        Rejection::AlreadyExists,
-                        format!("region {:?} already exists", region.name),
-                    ));
+                    return Err((Rejection::AlreadyExists, format!("region {:?} already exists", region.name)));
                 }
                 self.regions.insert(region.name.clone(), region.clone());
                 changes.push(Change::Region(region.clone()));
                 let details = serde_json::to_value(region).unwrap_or_default();
-                self.audit(
-                    log_index,
-                    req.at_ms,
-                    &req.actor,
-                    "region.add",
-                    details,
-                    changes,
-                );
-                Ok(Outcome::Region {
-                    region: region.clone(),
-                })
+                self.audit(log_index, req.at_ms, &req.actor, "region.add", details, changes);
+                Ok(Outcome::Region { region: region.clone() })
             }
             Command::Record { action, details } => {
                 if action.is_empty() {
                     return Err((Rejection::InvalidArgument, "record: action is empty".into()));
                 }
-                self.audit(
-                    log_index,
-                    req.at_ms,
-                    &req.actor,
-                    action,
-                    details.clone(),
-                    changes,
-                );
+                self.audit(log_index, req.at_ms, &req.actor, action, details.clone(), changes);
                 Ok(Outcome::Done)
             }
         }
@@ -213,15 +163,7 @@ impl State {
         changes: &mut Vec<Change>,
     ) {
         let seq = self.core.audit_len + 1;
-        let e = AuditEntry::new(
-            seq,
-            at_ms,
-            actor,
-            action,
-            details,
-            &self.core.audit_head,
-            log_index,
-        );
+        let e = AuditEntry::new(seq, at_ms, actor, action, details, &self.core.audit_head, log_index);
         self.core.audit_len = seq;
         self.core.audit_head = e.hash.clone();
         changes.push(Change::Audit(e));
@@ -257,16 +199,13 @@ pub fn validate_region(r: &Region) -> Result<(), String> {
 pub fn validate_name(field: &str, v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !v.starts_with('-')
         && !v.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{field}: {v:?} is not a valid name (1-63 of a-z, 0-9, '-'; no leading or trailing '-')"
-        ))
+        Err(format!("{field}: {v:?} is not a valid name (1-63 of a-z, 0-9, '-'; no leading or trailing '-')"))
     }
 }
 
@@ -285,39 +224,17 @@ mod tests {
     }
 
     fn req(id: &str, cmd: Command) -> Request {
-        Request {
-            request_id: id.into(),
-            actor: "alice".into(),
-            at_ms: 42,
-            cmd,
-        }
+        Request { request_id: id.into(), actor: "alice".into(), at_ms: 42, cmd }
     }
 
     fn audits(changes: &[Change]) -> Vec<AuditEntry> {
-        changes
-            .iter()
-            .filter_map(|c| {
-                if let Change::Audit(e) = c {
-                    Some(e.clone())
-                } else {
-                    None
-                }
-            })
-            .collect()
+        changes.iter().filter_map(|c| if let Change::Audit(e) = c { Some(e.clone()) } else { None }).collect()
     }
 
     #[test]
     fn add_region_stores_and_audits() {
         let mut s = State::default();
-        let (r, ch) = s.apply_request(
-            5,
-            &req(
-                "a",
-                Command::AddRegion {
-                    region: region("eu-west"),
-                },
-            ),
-        );
+        let (r, ch) = s.apply_request(5, &req("a", Command::AddRegion { region: region("eu-west") }));
         assert_eq!(r.log_index, 5);
         assert!(matches!(r.outcome, Outcome::Region { .. }));
         assert!(s.regions.contains_key("eu-west"));
@@ -331,12 +248,7 @@ mod tests {
     #[test]
     fn retried_request_applies_once() {
         let mut s = State::default();
-        let r = req(
-            "same",
-            Command::AddRegion {
-                region: region("eu-west"),
-            },
-        );
+        let r = req("same", Command::AddRegion { region: region("eu-west") });
         let (first, _) = s.apply_request(5, &r);
         let before = s.clone();
         let (second, ch) = s.apply_request(9, &r);
@@ -348,33 +260,11 @@ mod tests {
     #[test]
     fn duplicate_region_is_rejected_and_changes_nothing_but_the_request_record() {
         let mut s = State::default();
-        s.apply_request(
-            1,
-            &req(
-                "a",
-                Command::AddRegion {
-                    region: region("eu-west"),
-                },
-            ),
-        );
+        s.apply_request(1, &req("a", Command::AddRegion { region: region("eu-west") }));
         let regions = s.regions.clone();
         let core = s.core.clone();
-        let (r, ch) = s.apply_request(
-            2,
-            &req(
-                "b",
-                Command::AddRegion {
-                    region: region("eu-west"),
-                },
-            ),
-        );
-        assert!(matches!(
-            r.outcome,
-            Outcome::Rejected {
-                reason: Rejection::AlreadyExists,
-                ..
-            }
-        ));
+        let (r, ch) = s.apply_request(2, &req("b", Command::AddRegion { region: region("eu-west") }));
+        assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::AlreadyExists, .. }));
         assert_eq!(s.regions, regions);
         assert_eq!(s.core.audit_len, core.audit_len);
         assert!(ch.iter().all(|c| matches!(c, Change::Request { .. })));
@@ -383,20 +273,11 @@ mod tests {
     #[test]
     fn invalid_region_names_the_field() {
         let mut s = State::default();
-        let (r, _) = s.apply_request(
-            1,
-            &req(
-                "",
-                Command::AddRegion {
-                    region: region("EU_West"),
-                },
-            ),
-        );
+        let (r, _) = s.apply_request(1, &req("", Command::AddRegion { region: region("EU_West") }));
         match r.outcome {
-            Outcome::Rejected {
-                reason: Rejection::InvalidArgument,
-                message,
-            } => assert!(message.contains("region.name")),
+            Outcome::Rejected { reason: Rejection::InvalidArgument, message } => {
+                assert!(message.contains("region.name"))
+            }
             o => panic!("unexpected {o:?}"),
         }
         assert!(s.regions.is_empty());
@@ -406,32 +287,14 @@ mod tests {
     fn chain_over_many_changes_verifies() {
         let mut s = State::default();
         let mut all = Vec::new();
-        let (_, ch) = s.apply_request(
-            1,
-            &req(
-                "i",
-                Command::InitCluster {
-                    cluster_id: "c".into(),
-                    bootstrap_node: 1,
-                },
-            ),
-        );
+        let (_, ch) = s.apply_request(1, &req("i", Command::InitCluster { cluster_id: "c".into(), bootstrap_node: 1 }));
         all.extend(audits(&ch));
         for i in 0..20 {
-            let (_, ch) = s.apply_request(
-                2 + i,
-                &req(
-                    &format!("r{i}"),
-                    Command::AddRegion {
-                        region: region(&format!("r{i}")),
-                    },
-                ),
-            );
+            let (_, ch) =
+                s.apply_request(2 + i, &req(&format!("r{i}"), Command::AddRegion { region: region(&format!("r{i}")) }));
             all.extend(audits(&ch));
         }
-        all.extend(audits(
-            &s.apply_membership(30, serde_json::json!({"voters": [1, 2, 3]})),
-        ));
+        all.extend(audits(&s.apply_membership(30, serde_json::json!({"voters": [1, 2, 3]}))));
         let sum = verify_chain(&all).unwrap();
         assert_eq!(sum.entries, 22);
         assert_eq!(sum.head, s.core.audit_head);
@@ -443,13 +306,7 @@ mod tests {
         for i in 0..(REMEMBERED_REQUESTS as u64 + 5) {
             s.apply_request(
                 i + 1,
-                &req(
-                    &format!("q{i}"),
-                    Command::Record {
-                        action: "x.y".into(),
-                        details: serde_json::Value::Null,
-                    },
-                ),
+                &req(&format!("q{i}"), Command::Record { action: "x.y".into(), details: serde_json::Value::Null }),
             );
         }
         assert_eq!(s.requests.len(), REMEMBERED_REQUESTS);
@@ -461,33 +318,9 @@ mod tests {
     #[test]
     fn second_init_is_refused() {
         let mut s = State::default();
-        s.apply_request(
-            1,
-            &req(
-                "",
-                Command::InitCluster {
-                    cluster_id: "c".into(),
-                    bootstrap_node: 1,
-                },
-            ),
-        );
-        let (r, _) = s.apply_request(
-            2,
-            &req(
-                "",
-                Command::InitCluster {
-                    cluster_id: "d".into(),
-                    bootstrap_node: 2,
-                },
-            ),
-        );
-        assert!(matches!(
-            r.outcome,
-            Outcome::Rejected {
-                reason: Rejection::FailedPrecondition,
-                ..
-            }
-        ));
+        s.apply_request(1, &req("", Command::InitCluster { cluster_id: "c".into(), bootstrap_node: 1 }));
+        let (r, _) = s.apply_request(2, &req("", Command::InitCluster { cluster_id: "d".into(), bootstrap_node: 2 }));
+        assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::FailedPrecondition, .. }));
         assert_eq!(s.core.cluster.unwrap().cluster_id, "c");
     }
 }

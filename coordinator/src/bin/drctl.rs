@@ -14,14 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 struct Cli {
     /// Coordinator gRPC addresses (host:port), comma-separated; the first live one is used and
     /// the leader is followed.
-    #[arg(
-        long,
-        short,
-        env = "DRCUT_ENDPOINT",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7001",
-        global = true
-    )]
+    #[arg(long, short, env = "DRCUT_ENDPOINT", value_delimiter = ',', default_value = "127.0.0.1:7001", global = true)]
     endpoint: Vec<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -124,11 +117,7 @@ struct Fail(u8, String);
 
 impl From<tonic::Status> for Fail {
     fn from(s: tonic::Status) -> Self {
-        let code = if s.code() == tonic::Code::InvalidArgument {
-            2
-        } else {
-            1
-        };
+        let code = if s.code() == tonic::Code::InvalidArgument { 2 } else { 1 };
         Fail(code, format!("{:?}: {}", s.code(), s.message()))
     }
 }
@@ -148,33 +137,36 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The login name: $USER, $LOGNAME, or the passwd entry of this process's uid.
+fn login_name() -> String {
+    if let Some(u) = ["USER", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())) {
+        return u;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+    });
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    uid.and_then(|uid| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+        })
+    })
+    .unwrap_or_else(|| "unknown".into())
+}
+
 fn actor(cli: &Cli) -> String {
     cli.actor.clone().unwrap_or_else(|| {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        if host.is_empty() {
-            user
-        } else {
-            format!("{user}@{host}")
-        }
+        let user = login_name();
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        if host.is_empty() { user } else { format!("{user}@{host}") }
     })
 }
 
 fn ctx(cli: &Cli) -> Option<pb::WriteContext> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let request_id = cli
-        .request_id
-        .clone()
-        .unwrap_or_else(|| format!("drctl-{}-{nanos}", std::process::id()));
-    Some(pb::WriteContext {
-        actor: actor(cli),
-        request_id,
-    })
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let request_id = cli.request_id.clone().unwrap_or_else(|| format!("drctl-{}-{nanos}", std::process::id()));
+    Some(pb::WriteContext { actor: actor(cli), request_id })
 }
 
 async fn run(cli: &Cli) -> Result<(), Fail> {
@@ -184,11 +176,7 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::Cluster(c) => {
             let reply = match c {
                 ClusterCmd::AddLearner { id, addr } => {
-                    let r = pb::AddLearnerRequest {
-                        ctx: ctx(cli),
-                        node_id: *id,
-                        addr: addr.clone(),
-                    };
+                    let r = pb::AddLearnerRequest { ctx: ctx(cli), node_id: *id, addr: addr.clone() };
                     client
                         .call(|mut c| {
                             let r = r.clone();
@@ -197,10 +185,7 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
                         .await?
                 }
                 ClusterCmd::Promote { id } => {
-                    let r = pb::PromoteVoterRequest {
-                        ctx: ctx(cli),
-                        node_id: *id,
-                    };
+                    let r = pb::PromoteVoterRequest { ctx: ctx(cli), node_id: *id };
                     client
                         .call(|mut c| {
                             let r = r.clone();
@@ -209,10 +194,7 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
                         .await?
                 }
                 ClusterCmd::Remove { id } => {
-                    let r = pb::RemoveNodeRequest {
-                        ctx: ctx(cli),
-                        node_id: *id,
-                    };
+                    let r = pb::RemoveNodeRequest { ctx: ctx(cli), node_id: *id };
                     client
                         .call(|mut c| {
                             let r = r.clone();
@@ -223,50 +205,30 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             };
             if cli.json {
                 let members: Vec<Value> = reply.members.iter().map(member_json).collect();
-                println!(
-                    "{}",
-                    json!({"ok": true, "log_index": reply.log_index, "members": members})
-                );
+                println!("{}", json!({"ok": true, "log_index": reply.log_index, "members": members}));
             } else {
                 println!("membership changed at log index {}", reply.log_index);
                 print_members(&reply.members, &[]);
             }
             Ok(())
         }
-        Cmd::Region(RegionCmd::Add {
-            name,
-            display_name,
-            roles,
-        }) => {
+        Cmd::Region(RegionCmd::Add { name, display_name, roles }) => {
             let mut parsed = Vec::new();
             for r in roles {
-                let (svc, role) = r.split_once('=').ok_or_else(|| {
-                    Fail(2, format!("--role {r:?}: expected SERVICE=primary|standby"))
-                })?;
+                let (svc, role) = r
+                    .split_once('=')
+                    .ok_or_else(|| Fail(2, format!("--role {r:?}: expected SERVICE=primary|standby")))?;
                 let role = match role {
                     "primary" => pb::RegionRole::Primary,
                     "standby" => pb::RegionRole::Standby,
                     other => {
-                        return Err(Fail(
-                            2,
-                            format!("--role {r:?}: role {other:?} is not primary or standby"),
-                        ));
+                        return Err(Fail(2, format!("--role {r:?}: role {other:?} is not primary or standby")));
                     }
                 };
-                parsed.push(pb::ServiceRole {
-                    service: svc.to_string(),
-                    role: role as i32,
-                });
+                parsed.push(pb::ServiceRole { service: svc.to_string(), role: role as i32 });
             }
-            let region = pb::Region {
-                name: name.clone(),
-                display_name: display_name.clone(),
-                roles: parsed,
-            };
-            let r = pb::AddRegionRequest {
-                ctx: ctx(cli),
-                region: Some(region),
-            };
+            let region = pb::Region { name: name.clone(), display_name: display_name.clone(), roles: parsed };
+            let r = pb::AddRegionRequest { ctx: ctx(cli), region: Some(region) };
             let reply = client
                 .call(|mut c| {
                     let r = r.clone();
@@ -284,18 +246,11 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Region(RegionCmd::List) => {
-            let r = pb::ListRegionsRequest {
-                consistency: pb::ReadConsistency::Linearizable as i32,
-            };
-            let reply = client
-                .call(|mut c| async move { c.list_regions(r).await })
-                .await?;
+            let r = pb::ListRegionsRequest { consistency: pb::ReadConsistency::Linearizable as i32 };
+            let reply = client.call(|mut c| async move { c.list_regions(r).await }).await?;
             if cli.json {
                 let regions: Vec<Value> = reply.regions.iter().map(region_json).collect();
-                println!(
-                    "{}",
-                    json!({"regions": regions, "applied_index": reply.applied_index})
-                );
+                println!("{}", json!({"regions": regions, "applied_index": reply.applied_index}));
             } else {
                 print_regions(&reply.regions);
             }
@@ -307,20 +262,12 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
                 limit: *limit,
                 consistency: pb::ReadConsistency::Linearizable as i32,
             };
-            let reply = client
-                .call(|mut c| async move { c.list_audit(r).await })
-                .await?;
+            let reply = client.call(|mut c| async move { c.list_audit(r).await }).await?;
             if cli.json {
                 let entries: Vec<Value> = reply.entries.iter().map(audit_json).collect();
-                println!(
-                    "{}",
-                    json!({"entries": entries, "total": reply.total, "head_hash": reply.head_hash})
-                );
+                println!("{}", json!({"entries": entries, "total": reply.total, "head_hash": reply.head_hash}));
             } else {
-                println!(
-                    "{:<6} {:<24} {:<20} {:<22} DETAILS",
-                    "SEQ", "TIME (UTC)", "ACTOR", "ACTION"
-                );
+                println!("{:<6} {:<24} {:<20} {:<22} DETAILS", "SEQ", "TIME (UTC)", "ACTOR", "ACTION");
                 for e in &reply.entries {
                     println!(
                         "{:<6} {:<24} {:<20} {:<22} {}",
@@ -331,12 +278,7 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
                         e.details_json
                     );
                 }
-                println!(
-                    "{} of {} entries; head {}",
-                    reply.entries.len(),
-                    reply.total,
-                    short(&reply.head_hash)
-                );
+                println!("{} of {} entries; head {}", reply.entries.len(), reply.total, short(&reply.head_hash));
             }
             Ok(())
         }
@@ -345,32 +287,16 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
 }
 
 async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
-    let (client, consistency) = if local {
-        (client.pinned(), pb::ReadConsistency::Local)
-    } else {
-        (client, pb::ReadConsistency::Linearizable)
-    };
+    let (client, consistency) =
+        if local { (client.pinned(), pb::ReadConsistency::Local) } else { (client, pb::ReadConsistency::Linearizable) };
     let mut v = ChainVerifier::new();
     let mut from = 1;
     let (total, head) = loop {
-        let r = pb::ListAuditRequest {
-            from_seq: from,
-            limit: 1000,
-            consistency: consistency as i32,
-        };
-        let page = client
-            .call(|mut c| async move { c.list_audit(r).await })
-            .await?;
+        let r = pb::ListAuditRequest { from_seq: from, limit: 1000, consistency: consistency as i32 };
+        let page = client.call(|mut c| async move { c.list_audit(r).await }).await?;
         for e in &page.entries {
-            let details: Value = serde_json::from_str(&e.details_json).map_err(|err| {
-                Fail(
-                    1,
-                    format!(
-                        "audit chain broken at seq {}: details are not JSON: {err}",
-                        e.seq
-                    ),
-                )
-            })?;
+            let details: Value = serde_json::from_str(&e.details_json)
+                .map_err(|err| Fail(1, format!("audit chain broken at seq {}: details are not JSON: {err}", e.seq)))?;
             let entry = AuditEntry {
                 seq: e.seq,
                 time_unix_ms: e.time_unix_ms,
@@ -409,10 +335,7 @@ async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
         ));
     }
     if cli.json {
-        println!(
-            "{}",
-            json!({"ok": true, "entries": s.entries, "head": s.head})
-        );
+        println!("{}", json!({"ok": true, "entries": s.entries, "head": s.head}));
     } else {
         println!("audit chain intact: {} entries, head {}", s.entries, s.head);
     }
@@ -420,28 +343,16 @@ async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
 }
 
 async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fail> {
-    let consistency = if linearizable {
-        pb::ReadConsistency::Linearizable
-    } else {
-        pb::ReadConsistency::Local
-    } as i32;
-    let st = client
-        .call(|mut c| async move { c.get_status(pb::GetStatusRequest { consistency }).await })
-        .await?;
+    let consistency = if linearizable { pb::ReadConsistency::Linearizable } else { pb::ReadConsistency::Local } as i32;
+    let st = client.call(|mut c| async move { c.get_status(pb::GetStatusRequest { consistency }).await }).await?;
     // Replication progress is only known to the leader; ask it when we reached a follower.
     let st = if st.state != "Leader" && !st.leader_addr.is_empty() {
-        probe_status(&st.leader_addr, Duration::from_secs(2))
-            .await
-            .unwrap_or(st)
+        probe_status(&st.leader_addr, Duration::from_secs(2)).await.unwrap_or(st)
     } else {
         st
     };
-    let probes = futures::future::join_all(
-        st.members
-            .iter()
-            .map(|m| probe_status(&m.addr, Duration::from_secs(1))),
-    )
-    .await;
+    let probes =
+        futures::future::join_all(st.members.iter().map(|m| probe_status(&m.addr, Duration::from_secs(1)))).await;
     if cli.json {
         let members: Vec<Value> = st
             .members
@@ -449,11 +360,7 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
             .zip(&probes)
             .map(|(m, p)| {
                 let mut j = member_json(m);
-                j["state"] = json!(
-                    p.as_ref()
-                        .map(|p| p.state.clone())
-                        .unwrap_or_else(|| "Unreachable".into())
-                );
+                j["state"] = json!(p.as_ref().map(|p| p.state.clone()).unwrap_or_else(|| "Unreachable".into()));
                 j["term"] = json!(p.as_ref().map(|p| p.term));
                 j["last_applied"] = json!(p.as_ref().map(|p| p.last_applied));
                 j
@@ -477,19 +384,12 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     } else {
         format!("node {} ({})", st.leader_id, st.leader_addr)
     };
-    println!(
-        "cluster {}  leader {}  term {}  commit {}",
-        st.cluster_id, leader, st.term, st.commit_index
-    );
+    println!("cluster {}  leader {}  term {}  commit {}", st.cluster_id, leader, st.term, st.commit_index);
     print_members(&st.members, &probes);
     println!();
     print_regions(&st.regions);
     println!();
-    println!(
-        "audit: {} entries, head {}",
-        st.audit_len,
-        short(&st.audit_head)
-    );
+    println!("audit: {} entries, head {}", st.audit_len, short(&st.audit_head));
     Ok(())
 }
 
@@ -506,24 +406,11 @@ fn print_members(members: &[pb::Member], probes: &[Option<pb::ClusterStatus>]) {
             m.id,
             m.addr,
             if m.voter { "voter" } else { "learner" },
-            p.map(|p| p.state.clone())
-                .unwrap_or_else(|| if probes.is_empty() {
-                    dash()
-                } else {
-                    "unreachable".into()
-                }),
+            p.map(|p| p.state.clone()).unwrap_or_else(|| if probes.is_empty() { dash() } else { "unreachable".into() }),
             p.map(|p| p.term.to_string()).unwrap_or_else(dash),
             p.map(|p| p.last_applied.to_string()).unwrap_or_else(dash),
-            if m.has_progress {
-                m.matched_index.to_string()
-            } else {
-                dash()
-            },
-            if m.has_progress {
-                m.lag.to_string()
-            } else {
-                dash()
-            },
+            if m.has_progress { m.matched_index.to_string() } else { dash() },
+            if m.has_progress { m.lag.to_string() } else { dash() },
         );
     }
 }
@@ -540,11 +427,7 @@ fn print_regions(regions: &[pb::Region]) {
 }
 
 fn roles_text(r: &pb::Region) -> String {
-    r.roles
-        .iter()
-        .map(|s| format!("{}={}", s.service, role_name(s.role)))
-        .collect::<Vec<_>>()
-        .join(",")
+    r.roles.iter().map(|s| format!("{}={}", s.service, role_name(s.role))).collect::<Vec<_>>().join(",")
 }
 
 fn role_name(role: i32) -> &'static str {
@@ -561,11 +444,8 @@ fn member_json(m: &pb::Member) -> Value {
 }
 
 fn region_json(r: &pb::Region) -> Value {
-    let roles: serde_json::Map<String, Value> = r
-        .roles
-        .iter()
-        .map(|s| (s.service.clone(), json!(role_name(s.role))))
-        .collect();
+    let roles: serde_json::Map<String, Value> =
+        r.roles.iter().map(|s| (s.service.clone(), json!(role_name(s.role)))).collect();
     json!({"name": r.name, "display_name": r.display_name, "roles": roles})
 }
 
@@ -576,6 +456,10 @@ fn audit_json(e: &pb::AuditEntry) -> Value {
 }
 
 fn fmt_time(ms: i64) -> String {
+    // Membership entries made before any client write carry no leader time.
+    if ms <= 0 {
+        return "-".into();
+    }
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }

@@ -30,44 +30,26 @@ type Out = Pin<Box<dyn futures::Stream<Item = Result<CoordinatorMessage, Status>
 impl AgentLink for AgentLinkService {
     type SessionStream = Out;
 
-    async fn session(
-        &self,
-        req: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Out>, Status> {
+    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Out>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("session closed before hello"))??;
+        let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("session closed before hello"))??;
         let Some(AgentBody::Hello(hello)) = first.body else {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be hello",
-            ));
+            return Err(Status::invalid_argument("the first message of a session must be hello"));
         };
         if hello.agent_id.is_empty() || hello.region.is_empty() {
-            return Err(Status::invalid_argument(
-                "hello: agent_id and region are required",
-            ));
+            return Err(Status::invalid_argument("hello: agent_id and region are required"));
         }
         tracing::info!(agent = %hello.agent_id, region = %hello.region, version = %hello.version, "agent connected");
         let (tx, rx) = mpsc::channel(16);
         let (leader_id, leader_addr) = self.app.leader().unwrap_or((0, String::new()));
-        let welcome = Welcome {
-            node_id: self.app.id,
-            leader_id,
-            leader_addr,
-        };
-        tx.send(Ok(CoordinatorMessage {
-            body: Some(CoordBody::Welcome(welcome)),
-        }))
-        .await
-        .map_err(|_| Status::cancelled("agent went away"))?;
+        let welcome = Welcome { node_id: self.app.id, leader_id, leader_addr };
+        tx.send(Ok(CoordinatorMessage { body: Some(CoordBody::Welcome(welcome)) }))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 if let Some(AgentBody::Heartbeat(hb)) = msg.body {
-                    let ack = CoordinatorMessage {
-                        body: Some(CoordBody::HeartbeatAck(HeartbeatAck { seq: hb.seq })),
-                    };
+                    let ack = CoordinatorMessage { body: Some(CoordBody::HeartbeatAck(HeartbeatAck { seq: hb.seq })) };
                     if tx.send(Ok(ack)).await.is_err() {
                         break;
                     }

@@ -35,17 +35,8 @@ impl ControlService {
         cmd: Command,
     ) -> Result<command::Response, Status> {
         let ctx = context(ctx, md);
-        let req = command::Request {
-            request_id: ctx.request_id,
-            actor: ctx.actor,
-            at_ms: 0,
-            cmd,
-        };
-        let LeaderReply::Write(resp) = self
-            .app
-            .leader_call(LeaderRequest::Write(req), false)
-            .await?
-        else {
+        let req = command::Request { request_id: ctx.request_id, actor: ctx.actor, at_ms: 0, cmd };
+        let LeaderReply::Write(resp) = self.app.leader_call(LeaderRequest::Write(req), false).await? else {
             return Err(Status::internal("unexpected reply to a write"));
         };
         if let Outcome::Rejected { reason, message } = &resp.outcome {
@@ -58,10 +49,7 @@ impl ControlService {
         Ok(resp)
     }
 
-    async fn membership(
-        &self,
-        req: LeaderRequest,
-    ) -> Result<Response<pb::MembershipReply>, Status> {
+    async fn membership(&self, req: LeaderRequest) -> Result<Response<pb::MembershipReply>, Status> {
         let LeaderReply::Membership { log_index } = self.app.leader_call(req, false).await? else {
             return Err(Status::internal("unexpected reply to a membership change"));
         };
@@ -72,10 +60,7 @@ impl ControlService {
             .wait(Some(std::time::Duration::from_secs(2)))
             .applied_index_at_least(Some(log_index), "membership")
             .await;
-        Ok(Response::new(pb::MembershipReply {
-            log_index,
-            members: self.members(),
-        }))
+        Ok(Response::new(pb::MembershipReply { log_index, members: self.members() }))
     }
 
     fn members(&self) -> Vec<pb::Member> {
@@ -86,10 +71,8 @@ impl ControlService {
         let voters: Vec<u64> = mem.voter_ids().collect();
         mem.nodes()
             .map(|(id, n)| {
-                let matched = progress
-                    .as_ref()
-                    .and_then(|p| p.get(id))
-                    .map(|l| l.as_ref().map(|l| l.index()).unwrap_or(0));
+                let matched =
+                    progress.as_ref().and_then(|p| p.get(id)).map(|l| l.as_ref().map(|l| l.index()).unwrap_or(0));
                 pb::Member {
                     id: *id,
                     addr: n.addr.clone(),
@@ -107,16 +90,10 @@ impl ControlService {
 fn context(ctx: Option<pb::WriteContext>, md: &tonic::metadata::MetadataMap) -> Ctx {
     let ctx = ctx.unwrap_or_default();
     let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let actor = if ctx.actor.is_empty() {
-        header("x-drcut-actor").unwrap_or_else(|| "anonymous".into())
-    } else {
-        ctx.actor
-    };
-    let request_id = if ctx.request_id.is_empty() {
-        header("x-drcut-request-id").unwrap_or_default()
-    } else {
-        ctx.request_id
-    };
+    let actor =
+        if ctx.actor.is_empty() { header("x-drcut-actor").unwrap_or_else(|| "anonymous".into()) } else { ctx.actor };
+    let request_id =
+        if ctx.request_id.is_empty() { header("x-drcut-request-id").unwrap_or_default() } else { ctx.request_id };
     Ctx { actor, request_id }
 }
 
@@ -152,17 +129,10 @@ fn region_from_pb(r: pb::Region) -> Result<command::Region, Status> {
             }
         };
         if roles.insert(sr.service.clone(), role).is_some() {
-            return Err(Status::invalid_argument(format!(
-                "region.roles[{i}].service: {:?} appears twice",
-                sr.service
-            )));
+            return Err(Status::invalid_argument(format!("region.roles[{i}].service: {:?} appears twice", sr.service)));
         }
     }
-    let region = command::Region {
-        name: r.name,
-        display_name: r.display_name,
-        roles,
-    };
+    let region = command::Region { name: r.name, display_name: r.display_name, roles };
     validate_region(&region).map_err(Status::invalid_argument)?;
     Ok(region)
 }
@@ -182,30 +152,19 @@ fn audit_to_pb(e: crate::audit::AuditEntry) -> pb::AuditEntry {
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn get_status(
-        &self,
-        req: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         self.read_barrier(req.get_ref().consistency).await?;
         let m = self.app.metrics();
         let (leader_id, leader_addr) = self.app.leader().unwrap_or((0, String::new()));
         let core = self.app.view.core();
         Ok(Response::new(pb::ClusterStatus {
             node_id: self.app.id,
-            cluster_id: core
-                .cluster
-                .map(|c| c.cluster_id)
-                .unwrap_or_else(|| self.app.cluster_id.clone()),
+            cluster_id: core.cluster.map(|c| c.cluster_id).unwrap_or_else(|| self.app.cluster_id.clone()),
             state: self.app.state_name().to_string(),
             term: m.current_term,
             leader_id,
             leader_addr,
-            commit_index: m
-                .cluster_committed
-                .as_ref()
-                .or(m.local_committed.as_ref())
-                .map(|l| l.index())
-                .unwrap_or(0),
+            commit_index: m.cluster_committed.as_ref().or(m.local_committed.as_ref()).map(|l| l.index()).unwrap_or(0),
             last_applied: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
             members: self.members(),
@@ -217,31 +176,16 @@ impl Control for ControlService {
         }))
     }
 
-    async fn add_learner(
-        &self,
-        req: Request<pb::AddLearnerRequest>,
-    ) -> Result<Response<pb::MembershipReply>, Status> {
+    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembershipReply>, Status> {
         let ctx = context(req.get_ref().ctx.clone(), req.metadata());
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be ≥ 1"));
         }
-        if r.addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(Status::invalid_argument(format!(
-                "addr: {:?} is not host:port",
-                r.addr
-            )));
+        if r.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(Status::invalid_argument(format!("addr: {:?} is not host:port", r.addr)));
         }
-        self.membership(LeaderRequest::AddLearner {
-            ctx,
-            id: r.node_id,
-            addr: r.addr,
-        })
-        .await
+        self.membership(LeaderRequest::AddLearner { ctx, id: r.node_id, addr: r.addr }).await
     }
 
     async fn promote_voter(
@@ -249,52 +193,24 @@ impl Control for ControlService {
         req: Request<pb::PromoteVoterRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let ctx = context(req.get_ref().ctx.clone(), req.metadata());
-        self.membership(LeaderRequest::Promote {
-            ctx,
-            id: req.get_ref().node_id,
-        })
-        .await
+        self.membership(LeaderRequest::Promote { ctx, id: req.get_ref().node_id }).await
     }
 
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::MembershipReply>, Status> {
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipReply>, Status> {
         let ctx = context(req.get_ref().ctx.clone(), req.metadata());
-        self.membership(LeaderRequest::Remove {
-            ctx,
-            id: req.get_ref().node_id,
-        })
-        .await
+        self.membership(LeaderRequest::Remove { ctx, id: req.get_ref().node_id }).await
     }
 
-    async fn add_region(
-        &self,
-        req: Request<pb::AddRegionRequest>,
-    ) -> Result<Response<pb::AddRegionReply>, Status> {
+    async fn add_region(&self, req: Request<pb::AddRegionRequest>) -> Result<Response<pb::AddRegionReply>, Status> {
         let md = req.metadata().clone();
         let r = req.into_inner();
-        let region = region_from_pb(
-            r.region
-                .ok_or_else(|| Status::invalid_argument("region: missing"))?,
-        )?;
-        let resp = self
-            .write(
-                r.ctx,
-                &md,
-                Command::AddRegion {
-                    region: region.clone(),
-                },
-            )
-            .await?;
+        let region = region_from_pb(r.region.ok_or_else(|| Status::invalid_argument("region: missing"))?)?;
+        let resp = self.write(r.ctx, &md, Command::AddRegion { region: region.clone() }).await?;
         let stored = match resp.outcome {
             Outcome::Region { region } => region,
             _ => region,
         };
-        Ok(Response::new(pb::AddRegionReply {
-            region: Some(region_to_pb(&stored)),
-            log_index: resp.log_index,
-        }))
+        Ok(Response::new(pb::AddRegionReply { region: Some(region_to_pb(&stored)), log_index: resp.log_index }))
     }
 
     async fn list_regions(
@@ -308,17 +224,10 @@ impl Control for ControlService {
         }))
     }
 
-    async fn list_audit(
-        &self,
-        req: Request<pb::ListAuditRequest>,
-    ) -> Result<Response<pb::ListAuditReply>, Status> {
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditReply>, Status> {
         let r = req.into_inner();
         self.read_barrier(r.consistency).await?;
-        let limit = if r.limit == 0 {
-            AUDIT_PAGE
-        } else {
-            (r.limit as usize).min(AUDIT_PAGE)
-        };
+        let limit = if r.limit == 0 { AUDIT_PAGE } else { (r.limit as usize).min(AUDIT_PAGE) };
         let core = self.app.view.core();
         let entries = self
             .app

@@ -20,15 +20,9 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Serves every service on `listener` until `shutdown` resolves.
 pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ControlServer<control::ControlService>>()
-        .await;
-    health
-        .set_serving::<AgentLinkServer<agent_link::AgentLinkService>>()
-        .await;
-    health
-        .set_serving::<RaftTransportServer<raft_transport::RaftService>>()
-        .await;
+    health.set_serving::<ControlServer<control::ControlService>>().await;
+    health.set_serving::<AgentLinkServer<agent_link::AgentLinkService>>().await;
+    health.set_serving::<RaftTransportServer<raft_transport::RaftService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(drcut_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -40,12 +34,8 @@ pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Out
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(ControlServer::new(control::ControlService::new(
-            app.clone(),
-        )))
-        .add_service(AgentLinkServer::new(agent_link::AgentLinkService::new(
-            app.clone(),
-        )))
+        .add_service(ControlServer::new(control::ControlService::new(app.clone())))
+        .add_service(AgentLinkServer::new(agent_link::AgentLinkService::new(app.clone())))
         .add_service(
             RaftTransportServer::new(raft_transport::RaftService::new(app))
                 .max_decoding_message_size(MAX_MESSAGE)

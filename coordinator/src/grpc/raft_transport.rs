@@ -22,8 +22,7 @@ impl RaftService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    serde_json::from_slice(&m.payload)
-        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+    serde_json::from_slice(&m.payload).map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -33,39 +32,21 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode(req.get_ref())?;
-        let resp = self
-            .app
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let resp = self.app.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
         encode(&resp)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let env: VoteEnvelope = decode(req.get_ref())?;
-        let resp = if env.pre_vote {
-            self.app.raft.pre_vote(env.req).await
-        } else {
-            self.app.raft.vote(env.req).await
-        };
+        let resp = if env.pre_vote { self.app.raft.pre_vote(env.req).await } else { self.app.raft.vote(env.req).await };
         encode(&resp.map_err(|e| Status::internal(e.to_string()))?)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
         let mut stream = req.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
         let mut data = first.data;
@@ -73,10 +54,7 @@ impl RaftTransport for RaftService {
             data.extend_from_slice(&chunk?.data);
         }
         tracing::info!(bytes = data.len(), last = ?header.meta.last_log_id, "installing snapshot from leader");
-        let snap = Snapshot {
-            meta: header.meta,
-            snapshot: data,
-        };
+        let snap = Snapshot { meta: header.meta, snapshot: data };
         let resp = self
             .app
             .raft
@@ -88,11 +66,7 @@ impl RaftTransport for RaftService {
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let lr: LeaderRequest = decode(req.get_ref())?;
-        let res: Result<LeaderReply, WireError> = self
-            .app
-            .leader_call(lr, true)
-            .await
-            .map_err(WireError::from);
+        let res: Result<LeaderReply, WireError> = self.app.leader_call(lr, true).await.map_err(WireError::from);
         encode(&res)
     }
 }

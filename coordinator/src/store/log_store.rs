@@ -44,10 +44,7 @@ impl LogStore {
         Ok(meta.get(VOTE).map_err(io_err)?.is_none() && log.first().map_err(io_err)?.is_none())
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
-        key: &'static str,
-    ) -> io::Result<Option<T>> {
+    fn get_meta<T: serde::de::DeserializeOwned + Send + 'static>(&self, key: &'static str) -> io::Result<Option<T>> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let meta = txn.open_table(META).map_err(io_err)?;
         match meta.get(key).map_err(io_err)? {
@@ -67,10 +64,7 @@ impl LogStore {
         blocking(move || {
             let mut txn = db.begin_write().map_err(io_err)?;
             txn.set_durability(durability).map_err(io_err)?;
-            txn.open_table(META)
-                .map_err(io_err)?
-                .insert(key, bytes.as_slice())
-                .map_err(io_err)?;
+            txn.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
             txn.commit().map_err(io_err)
         })
         .await
@@ -118,12 +112,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let e: Entry = serde_json::from_slice(v.value()).map_err(io_err)?;
                 Some(e.log_id())
             }
-            None => last_purged.clone(),
+            None => last_purged,
         };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -146,11 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -190,10 +177,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(io_err)?;
-            txn.open_table(LOG)
-                .map_err(io_err)?
-                .retain_in(from.., |_, _| false)
-                .map_err(io_err)?;
+            txn.open_table(LOG).map_err(io_err)?.retain_in(from.., |_, _| false).map_err(io_err)?;
             txn.commit().map_err(io_err)
         })
         .await
@@ -208,14 +192,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Marker and removal commit together, so they can never disagree; losing an
             // un-synced purge only brings back entries that are still valid.
             txn.set_durability(Durability::None).map_err(io_err)?;
-            txn.open_table(META)
-                .map_err(io_err)?
-                .insert(PURGED, marker.as_slice())
-                .map_err(io_err)?;
-            txn.open_table(LOG)
-                .map_err(io_err)?
-                .retain_in(..=upto, |_, _| false)
-                .map_err(io_err)?;
+            txn.open_table(META).map_err(io_err)?.insert(PURGED, marker.as_slice()).map_err(io_err)?;
+            txn.open_table(LOG).map_err(io_err)?.retain_in(..=upto, |_, _| false).map_err(io_err)?;
             txn.commit().map_err(io_err)
         })
         .await

@@ -25,3 +25,32 @@ where
 {
     tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
+
+#[cfg(test)]
+mod conformance {
+    //! openraft's storage conformance suite, run against the redb stores.
+
+    use super::{LogStore, StateMachineStore};
+    use crate::types::TypeConfig;
+    use openraft::StorageError;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::type_config::TypeConfigExt;
+
+    struct RedbBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = LogStore::open(&dir.path().join("log.redb")).expect("open log");
+            let sm = StateMachineStore::open(&dir.path().join("sm.redb")).expect("open sm");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn redb_stores_pass_openraft_suite() {
+        TypeConfig::run(async {
+            Suite::test_all(RedbBuilder).await.expect("conformance suite");
+        });
+    }
+}

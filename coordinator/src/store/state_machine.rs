@@ -16,10 +16,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -84,19 +81,12 @@ impl StateMachineStore {
         txn.open_table(AUDIT).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         let mem = load(&db.begin_read().map_err(io_err)?)?;
-        Ok(StateMachineStore {
-            shared: Arc::new(Shared {
-                db,
-                mem: RwLock::new(mem),
-            }),
-        })
+        Ok(StateMachineStore { shared: Arc::new(Shared { db, mem: RwLock::new(mem) }) })
     }
 
     /// A read handle for the API layer.
     pub fn view(&self) -> StateView {
-        StateView {
-            shared: self.shared.clone(),
-        }
+        StateView { shared: self.shared.clone() }
     }
 
     /// Forces every applied change to disk (called on graceful shutdown).
@@ -112,24 +102,16 @@ impl StateMachineStore {
     fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
         let txn = self.shared.db.begin_read().map_err(io_err)?;
         let meta = txn.open_table(META).map_err(io_err)?;
-        let (Some(m), Some(d)) = (
-            meta.get(SNAPSHOT_META).map_err(io_err)?,
-            meta.get(SNAPSHOT_DATA).map_err(io_err)?,
-        ) else {
+        let (Some(m), Some(d)) = (meta.get(SNAPSHOT_META).map_err(io_err)?, meta.get(SNAPSHOT_DATA).map_err(io_err)?)
+        else {
             return Ok(None);
         };
         let meta: SnapshotMeta = serde_json::from_slice(m.value()).map_err(io_err)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: d.value().to_vec(),
-        }))
+        Ok(Some(Snapshot { meta, snapshot: d.value().to_vec() }))
     }
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(
-    txn: &ReadTransaction,
-    key: &str,
-) -> io::Result<Option<T>> {
+fn get_json<T: serde::de::DeserializeOwned>(txn: &ReadTransaction, key: &str) -> io::Result<Option<T>> {
     let meta = txn.open_table(META).map_err(io_err)?;
     match meta.get(key).map_err(io_err)? {
         Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
@@ -142,44 +124,21 @@ fn load(txn: &ReadTransaction) -> io::Result<Applied> {
     let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
     let membership: StoredMembership = get_json(txn, MEMBERSHIP)?.unwrap_or_default();
     let mut regions = BTreeMap::new();
-    for item in txn
-        .open_table(REGIONS)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(REGIONS).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
-        regions.insert(
-            k.value().to_string(),
-            serde_json::from_slice(v.value()).map_err(io_err)?,
-        );
+        regions.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(io_err)?);
     }
     let mut requests = BTreeMap::new();
-    for item in txn
-        .open_table(REQUESTS)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(REQUESTS).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
-        requests.insert(
-            k.value().to_string(),
-            serde_json::from_slice(v.value()).map_err(io_err)?,
-        );
+        requests.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(io_err)?);
     }
-    Ok(Applied {
-        state: State::from_parts(core, regions, requests),
-        last_applied,
-        membership,
-    })
+    Ok(Applied { state: State::from_parts(core, regions, requests), last_applied, membership })
 }
 
 fn put_json<T: Serialize>(txn: &WriteTransaction, key: &str, v: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec(v).map_err(io_err)?;
-    txn.open_table(META)
-        .map_err(io_err)?
-        .insert(key, bytes.as_slice())
-        .map_err(io_err)?;
+    txn.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
     Ok(())
 }
 
@@ -199,23 +158,15 @@ fn persist(
             match c {
                 Change::Region(r) => {
                     regions
-                        .insert(
-                            r.name.as_str(),
-                            serde_json::to_vec(r).map_err(io_err)?.as_slice(),
-                        )
+                        .insert(r.name.as_str(), serde_json::to_vec(r).map_err(io_err)?.as_slice())
                         .map_err(io_err)?;
                 }
                 Change::Audit(e) => {
-                    audit
-                        .insert(e.seq, serde_json::to_vec(e).map_err(io_err)?.as_slice())
-                        .map_err(io_err)?;
+                    audit.insert(e.seq, serde_json::to_vec(e).map_err(io_err)?.as_slice()).map_err(io_err)?;
                 }
                 Change::Request { id, response } => {
                     requests
-                        .insert(
-                            id.as_str(),
-                            serde_json::to_vec(response).map_err(io_err)?.as_slice(),
-                        )
+                        .insert(id.as_str(), serde_json::to_vec(response).map_err(io_err)?.as_slice())
                         .map_err(io_err)?;
                 }
                 Change::ForgetRequest(id) => {
@@ -239,17 +190,11 @@ fn seal(body: &[u8]) -> Vec<u8> {
 
 fn unseal(data: &[u8]) -> io::Result<&[u8]> {
     if data.len() < 65 || data[64] != b'\n' {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "snapshot: missing checksum header",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot: missing checksum header"));
     }
     let (sum, body) = (&data[..64], &data[65..]);
     if hex::encode(Sha256::digest(body)).as_bytes() != sum {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "snapshot: checksum mismatch",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot: checksum mismatch"));
     }
     Ok(body)
 }
@@ -264,17 +209,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let txn = sh.db.begin_read().map_err(io_err)?;
             let mem = load(&txn)?;
             let mut audit = Vec::new();
-            for item in txn
-                .open_table(AUDIT)
-                .map_err(io_err)?
-                .iter()
-                .map_err(io_err)?
-            {
+            for item in txn.open_table(AUDIT).map_err(io_err)?.iter().map_err(io_err)? {
                 let (_, v) = item.map_err(io_err)?;
                 audit.push(serde_json::from_slice(v.value()).map_err(io_err)?);
             }
             let body = SnapshotBody {
-                last_applied: mem.last_applied.clone(),
+                last_applied: mem.last_applied,
                 membership: mem.membership.clone(),
                 core: mem.state.core.clone(),
                 regions: mem.state.regions.values().cloned().collect(),
@@ -282,24 +222,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 requests: mem.state.requests.clone(),
             };
             let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
-            let meta = SnapshotMeta {
-                last_log_id: mem.last_applied,
-                last_membership: mem.membership,
-            };
+            let meta = SnapshotMeta { last_log_id: mem.last_applied, last_membership: mem.membership };
             drop(txn);
             // Fsynced: also makes every earlier un-synced apply durable, so the state on disk
             // always reaches at least the newest snapshot the log may be purged up to.
             let w = sh.db.begin_write().map_err(io_err)?;
             put_json(&w, SNAPSHOT_META, &meta)?;
-            w.open_table(META)
-                .map_err(io_err)?
-                .insert(SNAPSHOT_DATA, data.as_slice())
-                .map_err(io_err)?;
+            w.open_table(META).map_err(io_err)?.insert(SNAPSHOT_DATA, data.as_slice()).map_err(io_err)?;
             w.commit().map_err(io_err)?;
-            Ok(Snapshot {
-                meta,
-                snapshot: data,
-            })
+            Ok(Snapshot { meta, snapshot: data })
         })
         .await
     }
@@ -311,7 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let mem = self.shared.mem.read().map_err(io_err)?;
-        Ok((mem.last_applied.clone(), mem.membership.clone()))
+        Ok((mem.last_applied, mem.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -333,28 +264,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let log_id = entry.log_id();
                 let index = log_id.index();
                 let response = match &entry.payload {
-                    EntryPayload::Blank => Response {
-                        log_index: index,
-                        ..Default::default()
-                    },
+                    EntryPayload::Blank => Response { log_index: index, ..Default::default() },
                     EntryPayload::Normal(req) => {
                         let (resp, ch) = mem.state.apply_request(index, req);
                         changes.extend(ch);
                         resp
                     }
                     EntryPayload::Membership(m) => {
-                        mem.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                        mem.membership = StoredMembership::new(Some(log_id), m.clone());
                         let voters: Vec<u64> = m.voter_ids().collect();
-                        let nodes: BTreeMap<String, String> = m
-                            .nodes()
-                            .map(|(id, n)| (id.to_string(), n.addr.clone()))
-                            .collect();
+                        let nodes: BTreeMap<String, String> =
+                            m.nodes().map(|(id, n)| (id.to_string(), n.addr.clone())).collect();
                         let details = serde_json::json!({ "voters": voters, "nodes": nodes });
                         changes.extend(mem.state.apply_membership(index, details));
-                        Response {
-                            log_index: index,
-                            ..Default::default()
-                        }
+                        Response { log_index: index, ..Default::default() }
                     }
                 };
                 mem.last_applied = Some(log_id);
@@ -362,11 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     replies.push((r, response));
                 }
             }
-            (
-                mem.state.core.clone(),
-                mem.last_applied.clone(),
-                mem.membership.clone(),
-            )
+            (mem.state.core.clone(), mem.last_applied, mem.membership.clone())
         };
         let sh = self.shared.clone();
         blocking(move || {
@@ -387,11 +306,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let body: SnapshotBody = serde_json::from_slice(unseal(&snapshot)?).map_err(io_err)?;
         let meta = meta.clone();
         let sh = self.shared.clone();
@@ -407,29 +322,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .cloned()
                 .map(Change::Region)
                 .chain(body.audit.iter().cloned().map(Change::Audit))
-                .chain(body.requests.iter().map(|(id, r)| Change::Request {
-                    id: id.clone(),
-                    response: r.clone(),
-                }))
+                .chain(body.requests.iter().map(|(id, r)| Change::Request { id: id.clone(), response: r.clone() }))
                 .collect();
-            persist(
-                &txn,
-                &changes,
-                &body.core,
-                &body.last_applied,
-                &body.membership,
-            )?;
+            persist(&txn, &changes, &body.core, &body.last_applied, &body.membership)?;
             put_json(&txn, SNAPSHOT_META, &meta)?;
-            txn.open_table(META)
-                .map_err(io_err)?
-                .insert(SNAPSHOT_DATA, snapshot.as_slice())
-                .map_err(io_err)?;
+            txn.open_table(META).map_err(io_err)?.insert(SNAPSHOT_DATA, snapshot.as_slice()).map_err(io_err)?;
             txn.commit().map_err(io_err)?;
-            let regions = body
-                .regions
-                .into_iter()
-                .map(|r| (r.name.clone(), r))
-                .collect();
+            let regions = body.regions.into_iter().map(|r| (r.name.clone(), r)).collect();
             Ok(Applied {
                 state: State::from_parts(body.core, regions, body.requests),
                 last_applied: body.last_applied,
@@ -452,30 +351,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 impl StateView {
     /// Regions by name.
     pub fn regions(&self) -> Vec<Region> {
-        self.shared
-            .mem
-            .read()
-            .map(|m| m.state.regions.values().cloned().collect())
-            .unwrap_or_default()
+        self.shared.mem.read().map(|m| m.state.regions.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The scalar state (cluster identity, audit head).
     pub fn core(&self) -> Core {
-        self.shared
-            .mem
-            .read()
-            .map(|m| m.state.core.clone())
-            .unwrap_or_default()
+        self.shared.mem.read().map(|m| m.state.core.clone()).unwrap_or_default()
     }
 
     /// Index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> u64 {
-        self.shared
-            .mem
-            .read()
-            .ok()
-            .and_then(|m| m.last_applied.as_ref().map(|l| l.index()))
-            .unwrap_or(0)
+        self.shared.mem.read().ok().and_then(|m| m.last_applied.as_ref().map(|l| l.index())).unwrap_or(0)
     }
 
     /// Up to `limit` audit entries starting at sequence `from`.
