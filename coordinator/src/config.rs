@@ -50,8 +50,8 @@ impl Default for RaftTuning {
         // loaded two-core machine's scheduling hiccups do not cause spurious elections.
         RaftTuning {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_logs: 5000,
             keep_logs_after_snapshot: 1000,
         }

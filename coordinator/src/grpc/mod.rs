@@ -12,7 +12,7 @@ use drcut_proto::v1::raft_transport_server::RaftTransportServer;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Largest message a node accepts (snapshots travel in smaller chunks).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -29,7 +29,6 @@ pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Out
         .build_v1()
         .expect("the embedded descriptor sets are valid");
     let res = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_svc)
@@ -41,7 +40,9 @@ pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Out
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // The builder's tcp_nodelay only applies to listeners it binds itself; without nodelay on
+        // accepted sockets, Nagle plus delayed ACKs add ~40 ms to a third of all replies.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     if let Err(e) = res {
         tracing::error!("gRPC server stopped: {e}");

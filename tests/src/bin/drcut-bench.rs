@@ -62,6 +62,11 @@ async fn main() -> Result<()> {
         client.add_region(add_region_request(&format!("lat-{i}"))).await?;
         lat.push(t.elapsed());
     }
+    let slow: Vec<(usize, u128)> =
+        lat.iter().enumerate().filter(|(_, d)| d.as_millis() >= 10).map(|(i, d)| (i, d.as_millis())).collect();
+    if std::env::var_os("DRCUT_BENCH_DEBUG").is_some() {
+        println!("slow writes (index, ms): {slow:?}");
+    }
     lat.sort();
     println!(
         "commit latency ({} sequential writes): p50 {}  p99 {}  max {}",
@@ -104,6 +109,24 @@ async fn main() -> Result<()> {
         let mut clients: Vec<_> = survivors.iter().map(|&i| connect(c.addr(i))).collect::<Result<_>>()?;
         let t0 = Instant::now();
         c.kill(lid).await?;
+        // Watch the survivors for the new leader while the writer below retries.
+        let watch: Vec<_> = survivors.iter().map(|&i| connect(c.addr(i))).collect::<Result<_>>()?;
+        let elected = tokio::spawn(async move {
+            loop {
+                for mut w in watch.clone() {
+                    if let Ok(Ok(st)) = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        w.get_status(drcut_proto::v1::GetStatusRequest::default()),
+                    )
+                    .await
+                        && st.get_ref().state == "Leader"
+                    {
+                        return t0.elapsed();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
         let mut n = 0usize;
         loop {
             let k = clients.len();
@@ -116,7 +139,13 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let dt = t0.elapsed();
-        println!("failover trial {:>2}: killed node {lid}, first write accepted after {}", trial + 1, ms(dt));
+        let el = elected.await?;
+        println!(
+            "failover trial {:>2}: killed node {lid}, new leader after {}, first write accepted after {}",
+            trial + 1,
+            ms(el),
+            ms(dt)
+        );
         times.push(dt);
         c.start_node(lid).await?;
     }

@@ -1,0 +1,50 @@
+//! End-to-end test harness: real `drcut-coordinator` processes on 127.0.B.N loopback addresses,
+//! fault proxies between them, and helpers to drive them over gRPC and through `drctl`.
+//!
+//! # Layout
+//!
+//! A test flows through the modules in this order:
+//! - [`bins`]: where the built binaries live (the target dir, or `DRCUT_BIN_DIR`).
+//! - [`config`]: a node's YAML config, written by the harness.
+//! - [`proxy`]: [`FaultProxy`], a TCP proxy placed on every node-to-node link that can be cut
+//!   and healed.
+//! - [`node`]: one coordinator process: start, SIGKILL, SIGTERM, restart, log tails.
+//! - [`cluster`]: [`Cluster`], the nodes of one test with their proxies and a temp dir.
+//! - [`client`]: gRPC `Control` clients and write helpers.
+//! - [`wait`]: polling with a deadline, so tests wait for outcomes instead of sleeping.
+//! - [`process`]: run a binary to completion (`drctl`, a coordinator expected to refuse its
+//!   config) and capture its output.
+//!
+//! # Addresses
+//!
+//! Every test owns an address block `B` so tests run in parallel under nextest: node `N`
+//! listens on `127.0.B.N:7001`, and the proxy for the link `i → j` on `127.0.B.(100+10i+j)`.
+//!
+//! # Environment
+//!
+//! - `DRCUT_BIN_DIR`: where `drcut-coordinator` and `drctl` are (default: the target dir).
+//! - `DRCUT_NODE_LOG`: `RUST_LOG` for the nodes (default `info`).
+//! - `DRCUT_KEEP_TMP`: keep each test's temp dir (configs, data, full node logs).
+//! - `RUST_LOG`: the test's own log filter.
+
+pub mod bins;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod node;
+pub mod process;
+pub mod proxy;
+pub mod wait;
+
+pub use cluster::{Cluster, ClusterBuilder};
+pub use config::{NodeConfig, RaftOptions};
+pub use process::ProcessOutput;
+pub use proxy::FaultProxy;
+
+/// Installs a tracing subscriber that writes through the test harness's capture (once per
+/// process; later calls do nothing).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().with_ansi(false).try_init();
+}
