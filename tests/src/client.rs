@@ -45,6 +45,7 @@ pub fn region(name: &str) -> Region {
         name: name.to_string(),
         display_name: format!("Region {name}"),
         roles: vec![ServiceRole { service: "db".to_string(), role: RegionRole::Primary as i32 }],
+        down_quorum: 0,
     }
 }
 
