@@ -92,4 +92,14 @@ impl Client {
         }
         Err(last)
     }
+
+    /// Opens a server stream on the first endpoint that accepts it (following the leader like
+    /// [`Client::call`]); the stream itself is not subject to the call timeout.
+    pub async fn open_stream<T, F, Fut>(&self, open: F) -> Result<tonic::Streaming<T>, Status>
+    where
+        F: Fn(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
+    {
+        self.call(open).await
+    }
 }

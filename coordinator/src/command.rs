@@ -41,6 +41,19 @@ pub enum Command {
         /// The region to add.
         region: Region,
     },
+    /// Registers a region agent (or updates its version and capabilities). An agent is bound to
+    /// one region for life.
+    RegisterAgent {
+        /// The agent.
+        agent: AgentRecord,
+    },
+    /// Health transitions decided by the leader's health model, with their evidence.
+    HealthTransitions {
+        /// Per (vantage agent, check) transitions.
+        checks: Vec<CheckTransition>,
+        /// Per region transitions.
+        regions: Vec<RegionTransition>,
+    },
     /// Records an event that changes no other state (e.g. who asked for a membership change).
     Record {
         /// Dotted action name.
@@ -56,6 +69,8 @@ impl Command {
         match self {
             Command::InitCluster { .. } => "cluster.init",
             Command::AddRegion { .. } => "region.add",
+            Command::RegisterAgent { .. } => "agent.register",
+            Command::HealthTransitions { .. } => "health.transitions",
             Command::Record { action, .. } => action,
         }
     }
@@ -80,6 +95,119 @@ pub struct Region {
     pub display_name: String,
     /// Role per service.
     pub roles: BTreeMap<String, Role>,
+    /// Vantage points that must agree before the region is declared down; 0 = a majority of
+    /// the agents that check it.
+    #[serde(default)]
+    pub down_quorum: u32,
+}
+
+/// A registered region agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Unique agent id.
+    pub agent_id: String,
+    /// The region it lives in.
+    pub region: String,
+    /// Its version.
+    pub version: String,
+    /// What it can do.
+    pub capabilities: Vec<String>,
+}
+
+/// Health state of a check (as one vantage sees it) or of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Not enough evidence yet.
+    #[default]
+    Unknown,
+    /// Reachable and within its SLOs.
+    Up,
+    /// Reachable, but SLOs break (or some vantages cannot reach it, below quorum).
+    Degraded,
+    /// Unreachable (for a region: a quorum of vantage points agree).
+    Down,
+}
+
+impl HealthState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Degraded => "degraded",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+/// A check changed state as seen from one vantage agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckTransition {
+    /// Vantage agent.
+    pub agent: String,
+    /// The agent's own region.
+    pub vantage_region: String,
+    /// Check name.
+    pub check: String,
+    /// Region the check measures.
+    pub region: String,
+    /// Previous state.
+    pub from: HealthState,
+    /// New state.
+    pub to: HealthState,
+    /// The values and SLO results that caused it.
+    pub evidence: serde_json::Value,
+}
+
+/// A region changed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionTransition {
+    /// The region.
+    pub region: String,
+    /// Previous state.
+    pub from: HealthState,
+    /// New state.
+    pub to: HealthState,
+    /// One-line reason.
+    pub reason: String,
+    /// Which vantages saw what.
+    pub evidence: serde_json::Value,
+}
+
+/// The replicated state of one check from one vantage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// Vantage agent.
+    pub agent: String,
+    /// The agent's own region.
+    pub vantage_region: String,
+    /// Check name.
+    pub check: String,
+    /// Region the check measures.
+    pub region: String,
+    /// Current state.
+    pub state: HealthState,
+    /// Since when (leader time).
+    pub since_ms: i64,
+}
+
+impl CheckStatus {
+    /// Storage key: `agent/check`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.agent, self.check)
+    }
+}
+
+/// The replicated health of a region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RegionStatus {
+    /// Current state.
+    pub state: HealthState,
+    /// Since when (leader time).
+    pub since_ms: i64,
+    /// Why.
+    pub reason: String,
 }
 
 /// Identity of the cluster, set once at bootstrap.
@@ -113,6 +241,11 @@ pub enum Outcome {
     Region {
         /// The stored region.
         region: Region,
+    },
+    /// The agent as registered.
+    Agent {
+        /// The stored record.
+        agent: AgentRecord,
     },
     /// Refused by a rule checked at apply time; nothing changed.
     Rejected {

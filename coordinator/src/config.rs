@@ -58,6 +58,24 @@ impl Default for RaftTuning {
     }
 }
 
+/// Health model tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthTuning {
+    /// Consecutive bad evaluations before a check goes down/degraded.
+    pub down_after: u32,
+    /// Consecutive good evaluations before it comes back up.
+    pub up_after: u32,
+    /// How often the leader commits transitions and re-evaluates regions.
+    pub tick_ms: u64,
+}
+
+impl Default for HealthTuning {
+    fn default() -> Self {
+        HealthTuning { down_after: 3, up_after: 3, tick_ms: 100 }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +103,9 @@ struct RawConfig {
     raft: RaftTuning,
     #[serde(default)]
     log_format: LogFormat,
+    http_listen: Option<String>,
+    #[serde(default)]
+    health: HealthTuning,
 }
 
 /// A validated coordinator config.
@@ -110,6 +131,10 @@ pub struct Config {
     pub raft: RaftTuning,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where to serve HTTP (`/metrics`), if anywhere.
+    pub http_listen: Option<SocketAddr>,
+    /// Health model tuning.
+    pub health: HealthTuning,
 }
 
 impl Config {
@@ -196,6 +221,16 @@ impl Config {
         if r.snapshot_every_logs == 0 {
             return Err(err("raft.snapshot_every_logs", "must be ≥ 1".into()));
         }
+        let http_listen = match raw.http_listen {
+            Some(h) => Some(h.parse().map_err(|_| err("http_listen", format!("{h:?} is not an IP:port address")))?),
+            None => None,
+        };
+        if raw.health.down_after == 0 || raw.health.up_after == 0 {
+            return Err(err("health", "down_after and up_after must be ≥ 1".into()));
+        }
+        if raw.health.tick_ms == 0 {
+            return Err(err("health.tick_ms", "must be ≥ 1".into()));
+        }
         Ok(Config {
             file: file.to_string(),
             node_id,
@@ -207,6 +242,8 @@ impl Config {
             peer_dial_overrides: raw.peer_dial_overrides,
             raft: raw.raft,
             log_format: raw.log_format,
+            http_listen,
+            health: raw.health,
         })
     }
 

@@ -10,7 +10,9 @@
 //! - [`store`]: redb-backed Raft log and state machine (durability, snapshots).
 //! - [`network`]: the Raft transport to peers (tonic, one cached channel per peer).
 //! - [`node`]: wires Raft, stores and services together; bootstrap and shutdown.
-//! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services.
+//! - [`health`]: the pure health model (hysteresis, vantage quorum); [`hub`] runs it on the
+//!   leader, fed by agent sessions.
+//! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services; [`http`]: `/metrics`.
 //! - [`client`]: the client side used by `drctl` (endpoint failover, leader following).
 
 pub mod audit;
@@ -18,6 +20,9 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod hub;
 pub mod network;
 pub mod node;
 pub mod state;

@@ -4,6 +4,8 @@
 use crate::command::{Command, Request, Response};
 use crate::config::{Config, ConfigError};
 use crate::grpc;
+use crate::health::Thresholds;
+use crate::hub::HealthHub;
 use crate::network::{ChannelPool, Network};
 use crate::store::{LogStore, StateMachineStore, StateView};
 use crate::types::{Node, NodeId, Raft, TypeConfig};
@@ -121,6 +123,8 @@ pub enum LeaderRequest {
     },
     /// Confirm leadership with a quorum and return the index a linearizable read must wait for.
     ReadIndex,
+    /// The live health board (leader memory).
+    Health,
 }
 
 /// Actor and idempotency key of a client request.
@@ -147,6 +151,8 @@ pub enum LeaderReply {
         /// Wait until applied ≥ this.
         index: u64,
     },
+    /// The health board, protobuf-encoded.
+    Health(Vec<u8>),
 }
 
 /// An error that crosses the forward hop intact.
@@ -184,6 +190,8 @@ pub struct App {
     pub view: StateView,
     /// Channels to peers.
     pub pool: ChannelPool,
+    /// Live health (meaningful on the leader).
+    pub hub: HealthHub,
 }
 
 /// Shared handle.
@@ -263,6 +271,11 @@ impl App {
             LeaderRequest::Write(mut r) => {
                 r.at_ms = now_ms();
                 Ok(LeaderReply::Write(self.propose(r).await?))
+            }
+            LeaderRequest::Health => {
+                use prost::Message;
+                let board = self.hub.board(&self.view.health(), self.id, true, now_ms());
+                Ok(LeaderReply::Health(board.encode_to_vec()))
             }
             LeaderRequest::ReadIndex => {
                 let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| self.raft_err(e))?;
@@ -420,6 +433,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
         raft: raft.clone(),
         view: sm.view(),
         pool,
+        hub: HealthHub::new(Thresholds { down_after: cfg.health.down_after, up_after: cfg.health.up_after }),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -431,6 +445,12 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
         bootstrap(&app, &cfg).await;
     }
     tokio::spawn(ensure_cluster_identity(app.clone()));
+    tokio::spawn(health_ticker(app.clone(), Duration::from_millis(cfg.health.tick_ms)));
+    if let Some(addr) = cfg.http_listen {
+        let l =
+            TcpListener::bind(addr).await.map_err(|e| cfg.error("http_listen", format!("cannot bind {addr}: {e}")))?;
+        tokio::spawn(crate::http::serve(app.clone(), l));
+    }
 
     println!("drcut-coordinator: node {} serving on {}", cfg.node_id, cfg.advertise);
     tracing::info!(node = cfg.node_id, addr = %cfg.advertise, fresh, "serving");
@@ -479,6 +499,34 @@ async fn bootstrap(app: &App, cfg: &Config) {
     match app.raft.initialize(members).await {
         Ok(()) => tracing::info!("cluster bootstrapped"),
         Err(e) => tracing::warn!("bootstrap skipped: {e}"),
+    }
+}
+
+/// On the leader: commits the health model's transitions every tick (batched in one entry).
+/// Reports reach the model as they arrive; only changes of state go through Raft.
+async fn health_ticker(app: AppRef, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !app.raft.is_leader() {
+            continue;
+        }
+        let term = app.metrics().current_term;
+        let rep = app.view.health();
+        app.hub.ensure_term(term, &rep);
+        let (checks, regions) = app.hub.take_transitions(&rep, now_ms());
+        if checks.is_empty() && regions.is_empty() {
+            continue;
+        }
+        for r in &regions {
+            tracing::info!(region = %r.region, from = r.from.as_str(), to = r.to.as_str(), reason = %r.reason, "region health");
+        }
+        let cmd = Command::HealthTransitions { checks, regions };
+        let req = Request { request_id: String::new(), actor: "system".into(), at_ms: 0, cmd };
+        if let Err(e) = app.execute(LeaderRequest::Write(req)).await {
+            tracing::warn!("health transitions not committed: {e}");
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 //! entry, so the chain is a complete account of the state's history.
 
 use crate::audit::{AuditEntry, GENESIS_HASH};
-use crate::command::{ClusterMeta, Command, Outcome, Region, Rejection, Request, Response};
+use crate::command::{
+    AgentRecord, CheckStatus, CheckTransition, ClusterMeta, Command, HealthState, Outcome, Region, RegionStatus,
+    RegionTransition, Rejection, Request, Response,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -49,6 +52,12 @@ pub enum Change {
     },
     /// Forget an old request id.
     ForgetRequest(String),
+    /// An agent was registered or updated.
+    Agent(AgentRecord),
+    /// A check's state changed.
+    Check(CheckStatus),
+    /// A region's health changed.
+    RegionHealth(String, RegionStatus),
 }
 
 /// The replicated state (audit entries live in the store; only the chain's head is here).
@@ -60,15 +69,21 @@ pub struct State {
     pub regions: BTreeMap<String, Region>,
     /// Responses of recent requests by request id.
     pub requests: BTreeMap<String, Response>,
+    /// Registered agents by id.
+    pub agents: BTreeMap<String, AgentRecord>,
+    /// Check states by `agent/check`.
+    pub checks: BTreeMap<String, CheckStatus>,
+    /// Region health by region name.
+    pub region_health: BTreeMap<String, RegionStatus>,
     /// Request ids by the log index that first applied them, oldest first (for eviction).
-    request_order: BTreeMap<u64, String>,
+    pub(crate) request_order: BTreeMap<u64, String>,
 }
 
 impl State {
-    /// Rebuilds a state from persisted parts.
-    pub fn from_parts(core: Core, regions: BTreeMap<String, Region>, requests: BTreeMap<String, Response>) -> Self {
-        let request_order = requests.iter().map(|(id, r)| (r.log_index, id.clone())).collect();
-        State { core, regions, requests, request_order }
+    /// Rebuilds the derived index after the public fields were loaded from storage.
+    pub fn reindexed(mut self) -> Self {
+        self.request_order = self.requests.iter().map(|(id, r)| (r.log_index, id.clone())).collect();
+        self
     }
 
     /// Applies one committed request at `log_index`.
@@ -143,6 +158,50 @@ impl State {
                 self.audit(log_index, req.at_ms, &req.actor, "region.add", details, changes);
                 Ok(Outcome::Region { region: region.clone() })
             }
+            Command::RegisterAgent { agent } => {
+                validate_name("agent.region", &agent.region).map_err(|m| (Rejection::InvalidArgument, m))?;
+                if agent.agent_id.is_empty() || agent.agent_id.len() > 128 {
+                    return Err((Rejection::InvalidArgument, "agent.agent_id: must be 1-128 characters".into()));
+                }
+                if !self.regions.contains_key(&agent.region) {
+                    return Err((
+                        Rejection::FailedPrecondition,
+                        format!("agent {:?}: unknown region {:?}; add the region first", agent.agent_id, agent.region),
+                    ));
+                }
+                match self.agents.get(&agent.agent_id) {
+                    Some(old) if old.region != agent.region => {
+                        return Err((
+                            Rejection::FailedPrecondition,
+                            format!(
+                                "agent {:?} is registered in region {:?}, not {:?}; an agent never changes region",
+                                agent.agent_id, old.region, agent.region
+                            ),
+                        ));
+                    }
+                    Some(old) if old == agent => return Ok(Outcome::Agent { agent: agent.clone() }),
+                    Some(_) => {
+                        let details = serde_json::to_value(agent).unwrap_or_default();
+                        self.audit(log_index, req.at_ms, &req.actor, "agent.update", details, changes);
+                    }
+                    None => {
+                        let details = serde_json::to_value(agent).unwrap_or_default();
+                        self.audit(log_index, req.at_ms, &req.actor, "agent.register", details, changes);
+                    }
+                }
+                self.agents.insert(agent.agent_id.clone(), agent.clone());
+                changes.push(Change::Agent(agent.clone()));
+                Ok(Outcome::Agent { agent: agent.clone() })
+            }
+            Command::HealthTransitions { checks, regions } => {
+                for t in checks {
+                    self.apply_check_transition(t, log_index, req, changes);
+                }
+                for t in regions {
+                    self.apply_region_transition(t, log_index, req, changes);
+                }
+                Ok(Outcome::Done)
+            }
             Command::Record { action, details } => {
                 if action.is_empty() {
                     return Err((Rejection::InvalidArgument, "record: action is empty".into()));
@@ -151,6 +210,57 @@ impl State {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// A transition whose `from` no longer matches the stored state was decided on stale
+    /// information (e.g. by a deposed leader) and is dropped, keeping the chain truthful.
+    fn apply_check_transition(
+        &mut self,
+        t: &CheckTransition,
+        log_index: u64,
+        req: &Request,
+        changes: &mut Vec<Change>,
+    ) {
+        let key = format!("{}/{}", t.agent, t.check);
+        let current = self.checks.get(&key).map(|c| c.state).unwrap_or(HealthState::Unknown);
+        if current != t.from || t.from == t.to {
+            return;
+        }
+        let status = CheckStatus {
+            agent: t.agent.clone(),
+            vantage_region: t.vantage_region.clone(),
+            check: t.check.clone(),
+            region: t.region.clone(),
+            state: t.to,
+            since_ms: req.at_ms,
+        };
+        self.checks.insert(key, status.clone());
+        changes.push(Change::Check(status));
+        let details = serde_json::json!({
+            "agent": t.agent, "vantage_region": t.vantage_region, "check": t.check, "region": t.region,
+            "from": t.from.as_str(), "to": t.to.as_str(), "evidence": t.evidence,
+        });
+        self.audit(log_index, req.at_ms, &req.actor, "health.check", details, changes);
+    }
+
+    fn apply_region_transition(
+        &mut self,
+        t: &RegionTransition,
+        log_index: u64,
+        req: &Request,
+        changes: &mut Vec<Change>,
+    ) {
+        let current = self.region_health.get(&t.region).map(|r| r.state).unwrap_or(HealthState::Unknown);
+        if current != t.from || t.from == t.to || !self.regions.contains_key(&t.region) {
+            return;
+        }
+        let status = RegionStatus { state: t.to, since_ms: req.at_ms, reason: t.reason.clone() };
+        self.region_health.insert(t.region.clone(), status.clone());
+        changes.push(Change::RegionHealth(t.region.clone(), status));
+        let details = serde_json::json!({
+            "region": t.region, "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason, "evidence": t.evidence,
+        });
+        self.audit(log_index, req.at_ms, &req.actor, "health.region", details, changes);
     }
 
     fn audit(
@@ -220,6 +330,7 @@ mod tests {
             name: name.into(),
             display_name: name.to_uppercase(),
             roles: BTreeMap::from([("wallet".into(), Role::Primary)]),
+            down_quorum: 0,
         }
     }
 
@@ -311,7 +422,13 @@ mod tests {
         }
         assert_eq!(s.requests.len(), REMEMBERED_REQUESTS);
         assert!(!s.requests.contains_key("q0"));
-        let rebuilt = State::from_parts(s.core.clone(), s.regions.clone(), s.requests.clone());
+        let rebuilt = State {
+            core: s.core.clone(),
+            regions: s.regions.clone(),
+            requests: s.requests.clone(),
+            ..Default::default()
+        }
+        .reindexed();
         assert_eq!(rebuilt, s);
     }
 
@@ -322,5 +439,70 @@ mod tests {
         let (r, _) = s.apply_request(2, &req("", Command::InitCluster { cluster_id: "d".into(), bootstrap_node: 2 }));
         assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::FailedPrecondition, .. }));
         assert_eq!(s.core.cluster.unwrap().cluster_id, "c");
+    }
+
+    fn agent(id: &str, region: &str) -> AgentRecord {
+        AgentRecord { agent_id: id.into(), region: region.into(), version: "1".into(), capabilities: vec![] }
+    }
+
+    #[test]
+    fn agent_registers_once_and_is_bound_to_its_region() {
+        let mut s = State::default();
+        s.apply_request(1, &req("", Command::AddRegion { region: region("eu-west") }));
+        s.apply_request(2, &req("", Command::AddRegion { region: region("eu-central") }));
+        let (r, ch) = s.apply_request(3, &req("", Command::RegisterAgent { agent: agent("a1", "eu-west") }));
+        assert!(matches!(r.outcome, Outcome::Agent { .. }));
+        assert_eq!(audits(&ch).len(), 1);
+        let (_, ch) = s.apply_request(4, &req("", Command::RegisterAgent { agent: agent("a1", "eu-west") }));
+        assert!(ch.is_empty(), "re-registering unchanged changes nothing");
+        let (r, _) = s.apply_request(5, &req("", Command::RegisterAgent { agent: agent("a1", "eu-central") }));
+        assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::FailedPrecondition, .. }));
+        let (r, _) = s.apply_request(6, &req("", Command::RegisterAgent { agent: agent("a2", "mars") }));
+        match r.outcome {
+            Outcome::Rejected { message, .. } => assert!(message.contains("unknown region")),
+            o => panic!("unexpected {o:?}"),
+        }
+        assert_eq!(s.agents.len(), 1);
+    }
+
+    #[test]
+    fn stale_transitions_are_dropped_and_real_ones_audited() {
+        let mut s = State::default();
+        s.apply_request(1, &req("", Command::AddRegion { region: region("eu-west") }));
+        let ct = |from, to| CheckTransition {
+            agent: "a1".into(),
+            vantage_region: "eu-west".into(),
+            check: "api".into(),
+            region: "eu-west".into(),
+            from,
+            to,
+            evidence: serde_json::json!({"p95_ms": 900}),
+        };
+        let rt = |from, to| RegionTransition {
+            region: "eu-west".into(),
+            from,
+            to,
+            reason: "r".into(),
+            evidence: serde_json::Value::Null,
+        };
+        let cmd = Command::HealthTransitions {
+            checks: vec![ct(HealthState::Unknown, HealthState::Up)],
+            regions: vec![rt(HealthState::Unknown, HealthState::Up)],
+        };
+        let (_, ch) = s.apply_request(2, &req("", cmd));
+        assert_eq!(
+            audits(&ch).iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+            ["health.check", "health.region"]
+        );
+        assert_eq!(s.checks["a1/api"].state, HealthState::Up);
+        // A deposed leader's transition from a state that no longer holds is ignored.
+        let stale =
+            Command::HealthTransitions { checks: vec![ct(HealthState::Unknown, HealthState::Down)], regions: vec![] };
+        let (_, ch) = s.apply_request(3, &req("", stale));
+        assert!(ch.is_empty());
+        assert_eq!(s.checks["a1/api"].state, HealthState::Up);
+        let down = Command::HealthTransitions { checks: vec![], regions: vec![rt(HealthState::Up, HealthState::Down)] };
+        s.apply_request(4, &req("", down));
+        assert_eq!(s.region_health["eu-west"].state, HealthState::Down);
     }
 }

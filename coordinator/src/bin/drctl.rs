@@ -49,6 +49,24 @@ enum Cmd {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Region health: the regions x checks x vantage board, or a live stream of transitions.
+    Health {
+        #[command(subcommand)]
+        cmd: Option<HealthCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HealthCmd {
+    /// Stream health transitions as they are committed; reconnects and resumes by revision.
+    Watch {
+        /// First revision to show (0 = from now on).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop after this many events (0 = run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +106,9 @@ enum RegionCmd {
         /// SERVICE=primary|standby, repeatable.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Vantage points that must agree before the region is declared down (0 = majority).
+        #[arg(long, default_value_t = 0)]
+        down_quorum: u32,
     },
     /// List regions.
     List,
@@ -212,7 +233,17 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Region(RegionCmd::Add { name, display_name, roles }) => {
+        Cmd::Health { cmd: None } => {
+            let board = client.call(|mut c| async move { c.get_health(pb::GetHealthRequest {}).await }).await?;
+            if cli.json {
+                println!("{}", board_json(&board));
+            } else {
+                print_board(&board);
+            }
+            Ok(())
+        }
+        Cmd::Health { cmd: Some(HealthCmd::Watch { from, count }) } => watch_health(cli, &client, *from, *count).await,
+        Cmd::Region(RegionCmd::Add { name, display_name, roles, down_quorum }) => {
             let mut parsed = Vec::new();
             for r in roles {
                 let (svc, role) = r
@@ -227,7 +258,12 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
                 };
                 parsed.push(pb::ServiceRole { service: svc.to_string(), role: role as i32 });
             }
-            let region = pb::Region { name: name.clone(), display_name: display_name.clone(), roles: parsed };
+            let region = pb::Region {
+                name: name.clone(),
+                display_name: display_name.clone(),
+                roles: parsed,
+                down_quorum: *down_quorum,
+            };
             let r = pb::AddRegionRequest { ctx: ctx(cli), region: Some(region) };
             let reply = client
                 .call(|mut c| {
@@ -389,8 +425,172 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     println!();
     print_regions(&st.regions);
     println!();
+    match client.call(|mut c| async move { c.get_health(pb::GetHealthRequest {}).await }).await {
+        Ok(board) => print_board(&board),
+        Err(e) => println!("health: unavailable ({})", e.message()),
+    }
+    println!();
     println!("audit: {} entries, head {}", st.audit_len, short(&st.audit_head));
     Ok(())
+}
+
+/// The most telling numbers of a check, compactly.
+fn values_text(c: &pb::CheckHealth) -> String {
+    let keys = [
+        ("p95_ms", "p95", "ms"),
+        ("error_ratio", "err", ""),
+        ("connect_ms", "connect", "ms"),
+        ("lag_seconds", "lag", "s"),
+        ("lag_bytes", "lag", "B"),
+        ("value", "value", ""),
+    ];
+    let mut parts: Vec<String> = keys
+        .iter()
+        .filter_map(|(k, label, unit)| c.values.get(*k).map(|v| format!("{label} {}{unit}", trim_num(*v))))
+        .collect();
+    if let Some(role) = c.labels.get("role") {
+        parts.push(role.clone());
+    }
+    if !c.error.is_empty() {
+        parts.push(format!("error: {}", c.error));
+    }
+    parts.join(", ")
+}
+
+fn trim_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e12 { format!("{v:.0}") } else { format!("{v:.3}") }
+}
+
+fn print_board(b: &pb::HealthBoard) {
+    let src = if b.live {
+        format!("live from the leader (node {})", b.node_id)
+    } else {
+        format!("replicated states only (node {}, no leader reachable)", b.node_id)
+    };
+    println!("HEALTH — {src}");
+    println!("{:<14} {:<9} {:<24} REASON", "REGION", "STATE", "SINCE (UTC)");
+    for r in &b.regions {
+        println!("{:<14} {:<9} {:<24} {}", r.region, r.state, fmt_time(r.since_unix_ms), r.reason);
+        for c in &r.checks {
+            let slo: Vec<String> =
+                c.slo.iter().map(|s| format!("{} {}", s.expr, if s.ok { "ok" } else { "BREACH" })).collect();
+            let state = if c.stale { format!("{} (stale)", c.state) } else { c.state.clone() };
+            println!(
+                "  {:<18} {:<5} from {:<22} {:<16} since {:<24} {} {}",
+                c.check,
+                c.r#type,
+                format!("{} ({})", c.vantage_agent, c.vantage_region),
+                state,
+                fmt_time(c.since_unix_ms),
+                values_text(c),
+                if slo.is_empty() { String::new() } else { format!("[{}]", slo.join("; ")) }
+            );
+        }
+    }
+    let agents: Vec<String> = b
+        .agents
+        .iter()
+        .map(|a| format!("{} ({}, {})", a.agent_id, a.region, if a.connected { "connected" } else { "disconnected" }))
+        .collect();
+    println!("agents: {}", if agents.is_empty() { "none registered".to_string() } else { agents.join(", ") });
+}
+
+fn board_json(b: &pb::HealthBoard) -> Value {
+    let regions: Vec<Value> = b
+        .regions
+        .iter()
+        .map(|r| {
+            let checks: Vec<Value> = r
+                .checks
+                .iter()
+                .map(|c| {
+                    let slo: Vec<Value> = c
+                        .slo
+                        .iter()
+                        .map(|s| json!({"expr": s.expr, "value": s.has_value.then_some(s.value), "ok": s.ok}))
+                        .collect();
+                    json!({"check": c.check, "type": c.r#type, "region": c.region, "vantage_agent": c.vantage_agent,
+                           "vantage_region": c.vantage_region, "state": c.state, "since_unix_ms": c.since_unix_ms,
+                           "slo": slo, "values": c.values, "labels": c.labels, "error": c.error,
+                           "last_report_unix_ms": c.last_report_unix_ms, "stale": c.stale})
+                })
+                .collect();
+            json!({"region": r.region, "state": r.state, "since_unix_ms": r.since_unix_ms, "reason": r.reason, "checks": checks})
+        })
+        .collect();
+    let agents: Vec<Value> = b
+        .agents
+        .iter()
+        .map(|a| {
+            json!({"agent_id": a.agent_id, "region": a.region, "version": a.version, "connected": a.connected,
+                        "last_seen_unix_ms": a.last_seen_unix_ms})
+        })
+        .collect();
+    json!({"node_id": b.node_id, "live": b.live, "regions": regions, "agents": agents})
+}
+
+async fn watch_health(cli: &Cli, client: &Client, from: u64, count: u64) -> Result<(), Fail> {
+    use futures::StreamExt;
+    // Pin "from now on" to a revision, so a reconnect resumes exactly where this started.
+    let mut next = if from == 0 {
+        let st = client.call(|mut c| async move { c.get_status(pb::GetStatusRequest::default()).await }).await?;
+        st.audit_len + 1
+    } else {
+        from
+    };
+    let mut seen = 0u64;
+    loop {
+        let req = pb::WatchHealthRequest { from_revision: next };
+        let stream = client.open_stream(|mut c| async move { c.watch_health(req).await }).await;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("drctl: watch: {} (retrying)", e.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    next = ev.revision + 1;
+                    if cli.json {
+                        let evidence: Value = serde_json::from_str(&ev.evidence_json).unwrap_or(Value::Null);
+                        println!(
+                            "{}",
+                            json!({"revision": ev.revision, "time_unix_ms": ev.time_unix_ms, "kind": ev.kind,
+                                   "region": ev.region, "check": ev.check, "vantage_agent": ev.vantage_agent,
+                                   "from": ev.from, "to": ev.to, "evidence": evidence})
+                        );
+                    } else {
+                        let what = if ev.check.is_empty() {
+                            ev.region.clone()
+                        } else {
+                            format!("{}/{} ({})", ev.vantage_agent, ev.check, ev.region)
+                        };
+                        println!(
+                            "{:>6} {} {:<14} {:<40} {} -> {}",
+                            ev.revision,
+                            fmt_time(ev.time_unix_ms),
+                            ev.kind,
+                            what,
+                            ev.from,
+                            ev.to
+                        );
+                    }
+                    seen += 1;
+                    if count > 0 && seen >= count {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("drctl: watch interrupted: {} (resuming at revision {next})", e.message());
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn print_members(members: &[pb::Member], probes: &[Option<pb::ClusterStatus>]) {

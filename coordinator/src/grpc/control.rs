@@ -7,6 +7,9 @@ use drcut_proto::v1 as pb;
 use drcut_proto::v1::control_server::Control;
 use tonic::{Request, Response, Status};
 
+/// Audit actions that are health events for `WatchHealth`.
+const HEALTH_ACTIONS: [&str; 4] = ["health.region", "health.check", "agent.register", "agent.update"];
+
 /// Default and maximum page size of `ListAudit`.
 const AUDIT_PAGE: usize = 1000;
 
@@ -112,6 +115,7 @@ fn region_to_pb(r: &command::Region) -> pb::Region {
                 },
             })
             .collect(),
+        down_quorum: r.down_quorum,
     }
 }
 
@@ -132,7 +136,7 @@ fn region_from_pb(r: pb::Region) -> Result<command::Region, Status> {
             return Err(Status::invalid_argument(format!("region.roles[{i}].service: {:?} appears twice", sr.service)));
         }
     }
-    let region = command::Region { name: r.name, display_name: r.display_name, roles };
+    let region = command::Region { name: r.name, display_name: r.display_name, roles, down_quorum: r.down_quorum };
     validate_region(&region).map_err(Status::invalid_argument)?;
     Ok(region)
 }
@@ -150,8 +154,84 @@ fn audit_to_pb(e: crate::audit::AuditEntry) -> pb::AuditEntry {
     }
 }
 
+fn health_event(e: &crate::audit::AuditEntry) -> pb::HealthEvent {
+    let d = &e.details;
+    let text = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let (agent, evidence) = if e.action.starts_with("agent.") {
+        (text("agent_id"), d.clone())
+    } else {
+        (text("agent"), d.get("evidence").cloned().unwrap_or_default())
+    };
+    pb::HealthEvent {
+        revision: e.seq,
+        time_unix_ms: e.time_unix_ms,
+        kind: e.action.clone(),
+        region: text("region"),
+        check: text("check"),
+        vantage_agent: agent,
+        from: text("from"),
+        to: text("to"),
+        evidence_json: evidence.to_string(),
+    }
+}
+
+type HealthStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::HealthEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Control for ControlService {
+    type WatchHealthStream = HealthStream;
+
+    async fn get_health(&self, _req: Request<pb::GetHealthRequest>) -> Result<Response<pb::HealthBoard>, Status> {
+        use prost::Message;
+        // Live values are in the leader's memory; without a reachable leader, answer the
+        // replicated states and say so (live = false).
+        match self.app.leader_call(LeaderRequest::Health, false).await {
+            Ok(LeaderReply::Health(bytes)) => {
+                let board = pb::HealthBoard::decode(bytes.as_slice())
+                    .map_err(|e| Status::internal(format!("bad board from leader: {e}")))?;
+                Ok(Response::new(board))
+            }
+            Ok(_) => Err(Status::internal("unexpected reply to a health read")),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                let rep = self.app.view.health();
+                Ok(Response::new(self.app.hub.board(&rep, self.app.id, false, crate::node::now_ms())))
+            }
+            Err(s) => Err(s),
+        }
+    }
+
+    async fn watch_health(&self, req: Request<pb::WatchHealthRequest>) -> Result<Response<HealthStream>, Status> {
+        let view = self.app.view.clone();
+        let from = req.get_ref().from_revision;
+        let mut next = if from == 0 { view.core().audit_len + 1 } else { from };
+        let mut applied = view.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let page = match view.audit(next, 500).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("audit read: {e}")))).await;
+                        return;
+                    }
+                };
+                for e in &page {
+                    next = e.seq + 1;
+                    if HEALTH_ACTIONS.contains(&e.action.as_str()) && tx.send(Ok(health_event(e))).await.is_err() {
+                        return;
+                    }
+                }
+                if page.is_empty() {
+                    tokio::select! {
+                        r = applied.changed() => if r.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         self.read_barrier(req.get_ref().consistency).await?;
         let m = self.app.metrics();

@@ -8,7 +8,7 @@ mod log_store;
 mod state_machine;
 
 pub use log_store::LogStore;
-pub use state_machine::{StateMachineStore, StateView};
+pub use state_machine::{ReplicatedHealth, StateMachineStore, StateView};
 
 use std::io;
 

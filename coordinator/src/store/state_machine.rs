@@ -9,7 +9,7 @@
 
 use super::{blocking, io_err};
 use crate::audit::AuditEntry;
-use crate::command::{Region, Response};
+use crate::command::{AgentRecord, CheckStatus, Region, RegionStatus, Response};
 use crate::state::{Change, Core, State};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, TryStreamExt};
@@ -28,6 +28,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const REGIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("regions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("checks");
+const REGION_HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("region_health");
+
+/// The string-keyed JSON tables, in the order snapshots and loads walk them.
+const KV_TABLES: [TableDefinition<&str, &[u8]>; 6] = [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, META];
 
 const CORE: &str = "core";
 const APPLIED: &str = "applied";
@@ -45,6 +51,8 @@ struct Applied {
 struct Shared {
     db: Database,
     mem: RwLock<Applied>,
+    /// The last applied index, for watchers (WatchHealth) to wake on.
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// The state machine store. Cheap to clone; clones share one database.
@@ -59,6 +67,19 @@ pub struct StateView {
     shared: Arc<Shared>,
 }
 
+/// The health-related part of the replicated state.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicatedHealth {
+    /// Registered agents.
+    pub agents: BTreeMap<String, AgentRecord>,
+    /// Check states by `agent/check`.
+    pub checks: BTreeMap<String, CheckStatus>,
+    /// Regions.
+    pub regions: BTreeMap<String, Region>,
+    /// Region health.
+    pub region_health: BTreeMap<String, RegionStatus>,
+}
+
 /// Everything a snapshot holds.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -68,6 +89,12 @@ struct SnapshotBody {
     regions: Vec<Region>,
     audit: Vec<AuditEntry>,
     requests: BTreeMap<String, Response>,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentRecord>,
+    #[serde(default)]
+    checks: BTreeMap<String, CheckStatus>,
+    #[serde(default)]
+    region_health: BTreeMap<String, RegionStatus>,
 }
 
 impl StateMachineStore {
@@ -75,13 +102,15 @@ impl StateMachineStore {
     pub fn open(path: &Path) -> io::Result<Self> {
         let db = Database::create(path).map_err(io_err)?;
         let txn = db.begin_write().map_err(io_err)?;
-        for t in [META, REGIONS, REQUESTS] {
+        for t in KV_TABLES {
             txn.open_table(t).map_err(io_err)?;
         }
         txn.open_table(AUDIT).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         let mem = load(&db.begin_read().map_err(io_err)?)?;
-        Ok(StateMachineStore { shared: Arc::new(Shared { db, mem: RwLock::new(mem) }) })
+        let applied = mem.last_applied.map(|l| l.index()).unwrap_or(0);
+        let (applied_tx, _) = tokio::sync::watch::channel(applied);
+        Ok(StateMachineStore { shared: Arc::new(Shared { db, mem: RwLock::new(mem), applied_tx }) })
     }
 
     /// A read handle for the API layer.
@@ -119,21 +148,37 @@ fn get_json<T: serde::de::DeserializeOwned>(txn: &ReadTransaction, key: &str) ->
     }
 }
 
+fn read_table<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    t: TableDefinition<&str, &[u8]>,
+) -> io::Result<BTreeMap<String, T>> {
+    let mut out = BTreeMap::new();
+    for item in txn.open_table(t).map_err(io_err)?.iter().map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        out.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(io_err)?);
+    }
+    Ok(out)
+}
+
 fn load(txn: &ReadTransaction) -> io::Result<Applied> {
-    let core: Core = get_json(txn, CORE)?.unwrap_or_default();
+    let state = State {
+        core: get_json(txn, CORE)?.unwrap_or_default(),
+        regions: read_table(txn, REGIONS)?,
+        requests: read_table(txn, REQUESTS)?,
+        agents: read_table(txn, AGENTS)?,
+        checks: read_table(txn, CHECKS)?,
+        region_health: read_table(txn, REGION_HEALTH)?,
+        ..Default::default()
+    };
     let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
     let membership: StoredMembership = get_json(txn, MEMBERSHIP)?.unwrap_or_default();
-    let mut regions = BTreeMap::new();
-    for item in txn.open_table(REGIONS).map_err(io_err)?.iter().map_err(io_err)? {
-        let (k, v) = item.map_err(io_err)?;
-        regions.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(io_err)?);
-    }
-    let mut requests = BTreeMap::new();
-    for item in txn.open_table(REQUESTS).map_err(io_err)?.iter().map_err(io_err)? {
-        let (k, v) = item.map_err(io_err)?;
-        requests.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(io_err)?);
-    }
-    Ok(Applied { state: State::from_parts(core, regions, requests), last_applied, membership })
+    Ok(Applied { state: state.reindexed(), last_applied, membership })
+}
+
+fn put_row<T: Serialize>(txn: &WriteTransaction, t: TableDefinition<&str, &[u8]>, key: &str, v: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(v).map_err(io_err)?;
+    txn.open_table(t).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
+    Ok(())
 }
 
 fn put_json<T: Serialize>(txn: &WriteTransaction, key: &str, v: &T) -> io::Result<()> {
@@ -172,7 +217,16 @@ fn persist(
                 Change::ForgetRequest(id) => {
                     requests.remove(id.as_str()).map_err(io_err)?;
                 }
+                Change::Agent(_) | Change::Check(_) | Change::RegionHealth(..) => {}
             }
+        }
+    }
+    for c in changes {
+        match c {
+            Change::Agent(a) => put_row(txn, AGENTS, &a.agent_id, a)?,
+            Change::Check(cs) => put_row(txn, CHECKS, &cs.key(), cs)?,
+            Change::RegionHealth(name, rs) => put_row(txn, REGION_HEALTH, name, rs)?,
+            _ => {}
         }
     }
     put_json(txn, CORE, core)?;
@@ -220,6 +274,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 regions: mem.state.regions.values().cloned().collect(),
                 audit,
                 requests: mem.state.requests.clone(),
+                agents: mem.state.agents.clone(),
+                checks: mem.state.checks.clone(),
+                region_health: mem.state.region_health.clone(),
             };
             let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
             let meta = SnapshotMeta { last_log_id: mem.last_applied, last_membership: mem.membership };
@@ -295,6 +352,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             txn.commit().map_err(io_err)
         })
         .await?;
+        self.shared.applied_tx.send_replace(applied.map(|l| l.index()).unwrap_or(0));
         // Answer only once the changes are readable from the store.
         for (r, resp) in replies {
             r.send(resp);
@@ -312,7 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sh = self.shared.clone();
         let mem = blocking(move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
-            for t in [REGIONS, REQUESTS] {
+            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH] {
                 txn.delete_table(t).map_err(io_err)?;
             }
             txn.delete_table(AUDIT).map_err(io_err)?;
@@ -323,20 +381,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map(Change::Region)
                 .chain(body.audit.iter().cloned().map(Change::Audit))
                 .chain(body.requests.iter().map(|(id, r)| Change::Request { id: id.clone(), response: r.clone() }))
+                .chain(body.agents.values().cloned().map(Change::Agent))
+                .chain(body.checks.values().cloned().map(Change::Check))
+                .chain(body.region_health.iter().map(|(k, v)| Change::RegionHealth(k.clone(), v.clone())))
                 .collect();
             persist(&txn, &changes, &body.core, &body.last_applied, &body.membership)?;
             put_json(&txn, SNAPSHOT_META, &meta)?;
             txn.open_table(META).map_err(io_err)?.insert(SNAPSHOT_DATA, snapshot.as_slice()).map_err(io_err)?;
             txn.commit().map_err(io_err)?;
-            let regions = body.regions.into_iter().map(|r| (r.name.clone(), r)).collect();
-            Ok(Applied {
-                state: State::from_parts(body.core, regions, body.requests),
-                last_applied: body.last_applied,
-                membership: body.membership,
-            })
+            let state = State {
+                core: body.core,
+                regions: body.regions.into_iter().map(|r| (r.name.clone(), r)).collect(),
+                requests: body.requests,
+                agents: body.agents,
+                checks: body.checks,
+                region_health: body.region_health,
+                ..Default::default()
+            };
+            Ok(Applied { state: state.reindexed(), last_applied: body.last_applied, membership: body.membership })
         })
         .await?;
+        let applied = mem.last_applied.map(|l| l.index()).unwrap_or(0);
         *self.shared.mem.write().map_err(io_err)? = mem;
+        self.shared.applied_tx.send_replace(applied);
         Ok(())
     }
 
@@ -354,9 +421,28 @@ impl StateView {
         self.shared.mem.read().map(|m| m.state.regions.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Agents, check states and region health as replicated.
+    pub fn health(&self) -> ReplicatedHealth {
+        self.shared
+            .mem
+            .read()
+            .map(|m| ReplicatedHealth {
+                agents: m.state.agents.clone(),
+                checks: m.state.checks.clone(),
+                regions: m.state.regions.clone(),
+                region_health: m.state.region_health.clone(),
+            })
+            .unwrap_or_default()
+    }
+
     /// The scalar state (cluster identity, audit head).
     pub fn core(&self) -> Core {
         self.shared.mem.read().map(|m| m.state.core.clone()).unwrap_or_default()
+    }
+
+    /// Wakes when the applied index moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
     }
 
     /// Index of the last applied entry (0 before any).

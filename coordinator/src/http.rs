@@ -1,0 +1,82 @@
+//! The coordinator's HTTP side: Prometheus `/metrics` (and `/healthz` for process liveness).
+//! The ops console will live here too.
+
+use crate::command::HealthState;
+use crate::node::AppRef;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tokio::net::TcpListener;
+
+/// Serves HTTP on `listener` until the process ends.
+pub async fn serve(app: AppRef, listener: TcpListener) {
+    let router =
+        axum::Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok\n" })).with_state(app);
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!("http server stopped: {e}");
+    }
+}
+
+async fn metrics(State(app): State<AppRef>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&app))
+}
+
+type Labels = Vec<(String, String)>;
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// Builds a fresh registry per scrape: values come from Raft metrics and the health hub, which
+/// already hold the current numbers; nothing has to be kept in step between scrapes.
+pub fn render(app: &AppRef) -> String {
+    let mut reg = Registry::default();
+    let m = app.metrics();
+    gauge(&mut reg, "drcut_raft_term", "Current Raft term", m.current_term as i64);
+    gauge(&mut reg, "drcut_raft_last_log_index", "Last log index", m.last_log_index.unwrap_or(0) as i64);
+    gauge(
+        &mut reg,
+        "drcut_raft_applied_index",
+        "Last applied index",
+        m.last_applied.map(|l| l.index()).unwrap_or(0) as i64,
+    );
+    gauge(&mut reg, "drcut_raft_is_leader", "1 when this node leads", app.raft.is_leader() as i64);
+    gauge(&mut reg, "drcut_raft_leader_id", "Known leader's node id (0 = none)", m.current_leader.unwrap_or(0) as i64);
+    gauge(&mut reg, "drcut_agent_sessions", "Open agent sessions on this node", app.hub.sessions() as i64);
+
+    let rep = app.view.health();
+    let region = Family::<Labels, Gauge>::default();
+    for (name, state) in app.hub.region_states(&rep) {
+        for s in [HealthState::Unknown, HealthState::Up, HealthState::Degraded, HealthState::Down] {
+            let l = vec![("region".to_string(), name.clone()), ("state".to_string(), s.as_str().to_string())];
+            region.get_or_create(&l).set((s == state) as i64);
+        }
+    }
+    reg.register("drcut_region_state", "1 for the region's current health state", region);
+
+    let values = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (agent, check, region, metric, v) in app.hub.check_values() {
+        let l = vec![
+            ("agent".to_string(), agent),
+            ("check".to_string(), check),
+            ("region".to_string(), region),
+            ("metric".to_string(), metric),
+        ];
+        values.get_or_create(&l).set(v);
+    }
+    reg.register("drcut_check_value", "Latest value reported by an agent's check (leader only)", values);
+
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        tracing::warn!("metrics encoding: {e}");
+    }
+    out
+}

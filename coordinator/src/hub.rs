@@ -1,0 +1,225 @@
+//! The leader's live health hub: agent sessions feed it reports, a ticker turns the model's
+//! transitions into replicated commands, and `GetHealth` reads the board from it.
+//!
+//! Everything here is memory on the leader (reports arrive every few hundred ms per check; they
+//! never enter the Raft log). Only transitions are committed. A new leader seeds its model from
+//! the replicated states, so it continues rather than re-announcing.
+
+use crate::command::{CheckTransition, HealthState, RegionTransition};
+use crate::health::{CheckDecl, HealthModel, Report, Thresholds};
+use crate::store::ReplicatedHealth;
+use drcut_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Liveness of one agent (leader memory only).
+#[derive(Debug, Clone, Default)]
+struct Liveness {
+    sessions: u32,
+    last_seen_ms: i64,
+}
+
+struct Inner {
+    /// The leader term the model was seeded in; 0 = not seeded.
+    term: u64,
+    model: HealthModel,
+    pending: Vec<CheckTransition>,
+    live: BTreeMap<String, Liveness>,
+}
+
+/// Shared by the agent sessions, the ticker and the API.
+pub struct HealthHub {
+    th: Thresholds,
+    inner: Mutex<Inner>,
+}
+
+impl HealthHub {
+    /// An empty hub.
+    pub fn new(th: Thresholds) -> Self {
+        HealthHub {
+            th,
+            inner: Mutex::new(Inner { term: 0, model: HealthModel::new(th), pending: vec![], live: BTreeMap::new() }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reseeds the model from the replicated states when this node starts a new term as
+    /// leader. Sessions from the previous term were redirected, so only liveness carries over.
+    pub fn ensure_term(&self, term: u64, rep: &ReplicatedHealth) {
+        let mut g = self.lock();
+        if g.term != term {
+            g.term = term;
+            g.model = HealthModel::seeded(self.th, rep);
+            g.pending.clear();
+        }
+    }
+
+    /// An agent opened a session and declared its checks.
+    pub fn hello(&self, agent: &str, vantage_region: &str, checks: &[CheckDecl], now_ms: i64) {
+        let mut g = self.lock();
+        g.model.declare(agent, vantage_region, checks);
+        let l = g.live.entry(agent.to_string()).or_default();
+        l.sessions += 1;
+        l.last_seen_ms = now_ms;
+    }
+
+    /// A session ended.
+    pub fn goodbye(&self, agent: &str, now_ms: i64) {
+        let mut g = self.lock();
+        if let Some(l) = g.live.get_mut(agent) {
+            l.sessions = l.sessions.saturating_sub(1);
+            l.last_seen_ms = now_ms;
+        }
+    }
+
+    /// Any sign of life from an agent.
+    pub fn seen(&self, agent: &str, now_ms: i64) {
+        if let Some(l) = self.lock().live.get_mut(agent) {
+            l.last_seen_ms = now_ms;
+        }
+    }
+
+    /// One report; a transition it causes waits for the next tick to be committed.
+    pub fn report(&self, agent: &str, r: Report, now_ms: i64) {
+        let mut g = self.lock();
+        if let Some(l) = g.live.get_mut(agent) {
+            l.last_seen_ms = now_ms;
+        }
+        if let Some(t) = g.model.observe(agent, r, now_ms) {
+            g.pending.push(t);
+        }
+    }
+
+    /// The transitions to commit now: pending check transitions and fresh region verdicts.
+    pub fn take_transitions(
+        &self,
+        rep: &ReplicatedHealth,
+        now_ms: i64,
+    ) -> (Vec<CheckTransition>, Vec<RegionTransition>) {
+        let mut g = self.lock();
+        let checks = std::mem::take(&mut g.pending);
+        let regions = g.model.evaluate_regions(&rep.regions, now_ms);
+        (checks, regions)
+    }
+
+    /// Number of open agent sessions.
+    pub fn sessions(&self) -> u32 {
+        self.lock().live.values().map(|l| l.sessions).sum()
+    }
+
+    /// The board: replicated states overlaid with the live model when `live`.
+    pub fn board(&self, rep: &ReplicatedHealth, node_id: u64, live: bool, now_ms: i64) -> pb::HealthBoard {
+        let g = self.lock();
+        let mut regions: BTreeMap<String, pb::RegionHealth> = rep
+            .regions
+            .keys()
+            .map(|name| {
+                let st = rep.region_health.get(name).cloned().unwrap_or_default();
+                let (state, since, reason) = match g.model.region_view(name).filter(|_| live) {
+                    Some(v) => (v.state, v.since_ms, v.reason.clone()),
+                    None => (st.state, st.since_ms, st.reason),
+                };
+                let rh = pb::RegionHealth {
+                    region: name.clone(),
+                    state: state.as_str().into(),
+                    since_unix_ms: since,
+                    reason,
+                    checks: vec![],
+                };
+                (name.clone(), rh)
+            })
+            .collect();
+        if live {
+            for t in g.model.tracks() {
+                let Some(rh) = regions.get_mut(&t.region) else { continue };
+                let last = t.last.clone().unwrap_or_default();
+                rh.checks.push(pb::CheckHealth {
+                    check: t.check.clone(),
+                    r#type: t.kind.clone(),
+                    region: t.region.clone(),
+                    vantage_agent: t.agent.clone(),
+                    vantage_region: t.vantage_region.clone(),
+                    state: t.state.as_str().into(),
+                    since_unix_ms: t.since_ms,
+                    slo: last
+                        .slo
+                        .iter()
+                        .map(|s| pb::SloResult {
+                            expr: s.expr.clone(),
+                            has_value: s.value.is_some(),
+                            value: s.value.unwrap_or(0.0),
+                            ok: s.ok,
+                        })
+                        .collect(),
+                    values: last.values.into_iter().collect(),
+                    labels: last.labels.into_iter().collect(),
+                    error: last.error,
+                    last_report_unix_ms: t.last_report_ms,
+                    stale: t.is_stale(now_ms),
+                });
+            }
+        } else {
+            for c in rep.checks.values() {
+                let Some(rh) = regions.get_mut(&c.region) else { continue };
+                rh.checks.push(pb::CheckHealth {
+                    check: c.check.clone(),
+                    region: c.region.clone(),
+                    vantage_agent: c.agent.clone(),
+                    vantage_region: c.vantage_region.clone(),
+                    state: c.state.as_str().into(),
+                    since_unix_ms: c.since_ms,
+                    stale: true,
+                    ..Default::default()
+                });
+            }
+        }
+        let agents = rep
+            .agents
+            .values()
+            .map(|a| {
+                let l = g.live.get(&a.agent_id).cloned().unwrap_or_default();
+                pb::AgentInfo {
+                    agent_id: a.agent_id.clone(),
+                    region: a.region.clone(),
+                    version: a.version.clone(),
+                    capabilities: a.capabilities.clone(),
+                    connected: live && l.sessions > 0,
+                    last_seen_unix_ms: l.last_seen_ms,
+                }
+            })
+            .collect();
+        pb::HealthBoard { regions: regions.into_values().collect(), agents, node_id, live }
+    }
+
+    /// Region states for metrics: (region, state).
+    pub fn region_states(&self, rep: &ReplicatedHealth) -> Vec<(String, HealthState)> {
+        let g = self.lock();
+        rep.regions
+            .keys()
+            .map(|n| {
+                let s = g
+                    .model
+                    .region_view(n)
+                    .map(|v| v.state)
+                    .or_else(|| rep.region_health.get(n).map(|r| r.state))
+                    .unwrap_or_default();
+                (n.clone(), s)
+            })
+            .collect()
+    }
+
+    /// Latest values per (agent, check, region, metric), for metrics.
+    pub fn check_values(&self) -> Vec<(String, String, String, String, f64)> {
+        let g = self.lock();
+        g.model
+            .tracks()
+            .filter_map(|t| t.last.as_ref().map(|r| (t, r)))
+            .flat_map(|(t, r)| {
+                r.values.iter().map(|(k, v)| (t.agent.clone(), t.check.clone(), t.region.clone(), k.clone(), *v))
+            })
+            .collect()
+    }
+}
