@@ -3,6 +3,20 @@
 //! # Layout
 //!
 //! - [`slo`]: SLO expressions, parsed at config load and evaluated against window values.
+//! - [`config`]: the agent's YAML config: identity, resources, checks; builds the probes.
+//! - [`secrets`]: secrets from env or files, never printed.
+//! - [`tls`]: the one rustls crypto provider (ring), installed at start-up.
 //! - [`checks`]: one probe per check type, each a real client doing one measurement.
+//! - [`window`]: a check's sliding window and its statistics; [`runner`] schedules a check,
+//!   judges its SLOs and emits reports.
+//! - [`session`]: the AgentLink session that carries reports to the coordinator leader.
+//! - [`metrics`]: Prometheus `/metrics`.
 pub mod checks;
+pub mod config;
+pub mod metrics;
+pub mod runner;
+pub mod secrets;
+pub mod session;
 pub mod slo;
+pub mod tls;
+pub mod window;

@@ -78,8 +78,10 @@ impl Slo {
     pub fn parse(text: &str) -> Result<Slo, String> {
         let t = text.trim();
         let ops = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
-        let Some((pos, sym, op)) =
-            ops.iter().filter_map(|(s, o)| t.find(s).map(|p| (p, *s, *o))).min_by_key(|(p, s, _)| (*p, usize::MAX - s.len()))
+        let Some((pos, sym, op)) = ops
+            .iter()
+            .filter_map(|(s, o)| t.find(s).map(|p| (p, *s, *o)))
+            .min_by_key(|(p, s, _)| (*p, usize::MAX - s.len()))
         else {
             return Err(format!("{text:?}: expected METRIC OP NUMBER with OP one of <= < >= > == !="));
         };

@@ -173,6 +173,23 @@ impl HealthModel {
         m
     }
 
+    /// Carries over which checks the open sessions declared (type, cadence, vantage) from an
+    /// older model, keeping this model's states: used when a leader reseeds from the
+    /// replicated states while its sessions stay open.
+    pub fn adopt_declarations(&mut self, old: &HealthModel) {
+        for (key, o) in &old.tracks {
+            let t = self.tracks.entry(key.clone()).or_insert_with(|| Track {
+                state: HealthState::Unknown,
+                since_ms: 0,
+                ..o.clone()
+            });
+            t.kind = o.kind.clone();
+            t.region = o.region.clone();
+            t.vantage_region = o.vantage_region.clone();
+            t.stale_after_ms = o.stale_after_ms;
+        }
+    }
+
     /// Records the checks an agent runs (creating unknown tracks for new ones).
     pub fn declare(&mut self, agent: &str, vantage_region: &str, checks: &[CheckDecl]) {
         for c in checks {

@@ -52,7 +52,9 @@ impl HealthHub {
         let mut g = self.lock();
         if g.term != term {
             g.term = term;
-            g.model = HealthModel::seeded(self.th, rep);
+            let mut model = HealthModel::seeded(self.th, rep);
+            model.adopt_declarations(&g.model);
+            g.model = model;
             g.pending.clear();
         }
     }

@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 pub const COORDINATOR: &str = "drcut-coordinator";
 /// The CLI.
 pub const DRCTL: &str = "drctl";
+/// The region agent.
+pub const AGENT: &str = "drcut-agent";
 
 /// The directory holding the built binaries: `$DRCUT_BIN_DIR`, else the test executable's
 /// grandparent (the cargo profile dir).

@@ -34,6 +34,12 @@ pub fn node_addr(block: u8, id: u64) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, block, id), NODE_PORT))
 }
 
+/// The HTTP (`/metrics`) address of node `id` in block `block`, when enabled.
+pub fn http_addr(block: u8, id: u64) -> SocketAddr {
+    let id = u8::try_from(id).expect("node id fits the last octet");
+    SocketAddr::from((Ipv4Addr::new(127, 0, block, id), 9100))
+}
+
 /// The listen address of the proxy carrying node `from`'s connections to node `to`.
 fn proxy_addr(block: u8, from: u64, to: u64) -> SocketAddr {
     let octet = u8::try_from(100 + 10 * from + to).expect("proxy octet fits");
@@ -48,9 +54,23 @@ pub struct ClusterBuilder {
     proxies: bool,
     raft: RaftOptions,
     cluster_id: String,
+    extra_yaml: String,
+    http: bool,
 }
 
 impl ClusterBuilder {
+    /// Appends verbatim YAML to every node's config (e.g. a `health:` section).
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra_yaml.push_str(yaml);
+        self
+    }
+
+    /// Gives every node an HTTP listener (`/metrics`) on `127.0.B.N:9100`.
+    pub fn with_http(mut self) -> Self {
+        self.http = true;
+        self
+    }
+
     /// Number of nodes the test may run, ids `1..=n` (at most 9: proxy addresses use the
     /// last octet).
     pub fn nodes(mut self, n: u64) -> Self {
@@ -105,6 +125,10 @@ impl ClusterBuilder {
                 cfg.initial_members = members.clone();
             }
             cfg.raft = self.raft.clone();
+            cfg.extra_yaml = self.extra_yaml.clone();
+            if self.http {
+                cfg.http_listen = Some(http_addr(self.block, id));
+            }
             cfg.peer_dial_overrides = proxies
                 .iter()
                 .filter(|((from, _), _)| *from == id)
@@ -162,6 +186,8 @@ impl Cluster {
             proxies: false,
             raft: RaftOptions::for_tests(),
             cluster_id: format!("test-b{block}"),
+            extra_yaml: String::new(),
+            http: false,
         }
     }
 

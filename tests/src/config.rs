@@ -58,6 +58,10 @@ pub struct NodeConfig {
     pub raft: RaftOptions,
     /// `log_format`.
     pub log_format: String,
+    /// `http_listen` (serves /metrics); omitted when `None`.
+    pub http_listen: Option<SocketAddr>,
+    /// Verbatim YAML appended at the end (e.g. a `health:` section).
+    pub extra_yaml: String,
 }
 
 impl NodeConfig {
@@ -73,6 +77,8 @@ impl NodeConfig {
             peer_dial_overrides: BTreeMap::new(),
             raft: RaftOptions::default(),
             log_format: "text".to_string(),
+            http_listen: None,
+            extra_yaml: String::new(),
         }
     }
 
@@ -118,6 +124,10 @@ impl NodeConfig {
             }
         }
         writeln!(y, "log_format: {}", self.log_format).unwrap();
+        if let Some(h) = self.http_listen {
+            writeln!(y, "http_listen: \"{h}\"").unwrap();
+        }
+        y.push_str(&self.extra_yaml);
         y
     }
 }

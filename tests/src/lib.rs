@@ -15,6 +15,16 @@
 //! - [`process`]: run a binary to completion (`drctl`, a coordinator expected to refuse its
 //!   config) and capture its output.
 //!
+//! Health-check tests also run real servers for the agent to watch, each on its own loopback
+//! address and temp dir, stopped on drop:
+//! - [`pg`]: [`PgPair`], a PostgreSQL primary and a streaming standby.
+//! - [`pdns`]: [`Pdns`], a PowerDNS Authoritative server with its HTTP API.
+//! - [`http_server`]: [`TestHttp`], an HTTP server (and Prometheus query endpoint) whose
+//!   latency, errors and availability the test sets.
+//! - [`agent`]: [`AgentProc`], one `drcut-agent` process.
+//!
+//! PostgreSQL and PowerDNS come from Debian packages that `scripts/test` installs.
+//!
 //! # Addresses
 //!
 //! Every test owns an address block `B` so tests run in parallel under nextest: node `N`
@@ -22,22 +32,34 @@
 //!
 //! # Environment
 //!
-//! - `DRCUT_BIN_DIR`: where `drcut-coordinator` and `drctl` are (default: the target dir).
+//! - `DRCUT_BIN_DIR`: where `drcut-coordinator`, `drcut-agent` and `drctl` are (default: the
+//!   target dir).
 //! - `DRCUT_NODE_LOG`: `RUST_LOG` for the nodes (default `info`).
+//! - `DRCUT_AGENT_LOG`: `RUST_LOG` for agents (default: `DRCUT_NODE_LOG`, else `info`).
+//! - `DRCUT_PG_BIN`: PostgreSQL's bin dir (default: the newest `/usr/lib/postgresql/*/bin`).
 //! - `DRCUT_KEEP_TMP`: keep each test's temp dir (configs, data, full node logs).
 //! - `RUST_LOG`: the test's own log filter.
 
+pub mod agent;
 pub mod bins;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod health;
+pub mod http_server;
 pub mod node;
+pub mod pdns;
+pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod wait;
 
+pub use agent::AgentProc;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use config::{NodeConfig, RaftOptions};
+pub use http_server::TestHttp;
+pub use pdns::Pdns;
+pub use pg::PgPair;
 pub use process::ProcessOutput;
 pub use proxy::FaultProxy;
 

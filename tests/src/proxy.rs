@@ -21,6 +21,9 @@ pub struct FaultProxy {
 struct Shared {
     /// While set, existing connections have been closed and new ones are closed on accept.
     cut: AtomicBool,
+    /// While true, packets vanish: connections stay open but nothing is forwarded or answered
+    /// (a silent network drop, which only a timeout can detect).
+    blackhole: tokio::sync::watch::Sender<bool>,
     /// The copy tasks of open connections, so `cut` can close them.
     conns: Mutex<Vec<AbortHandle>>,
 }
@@ -30,7 +33,8 @@ impl FaultProxy {
     pub async fn start(listen: SocketAddr, target: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding fault proxy on {listen}"))?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { cut: AtomicBool::new(false), conns: Mutex::new(Vec::new()) });
+        let (blackhole, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared { cut: AtomicBool::new(false), blackhole, conns: Mutex::new(Vec::new()) });
         let accept_task = tokio::spawn(accept_loop(listener, target, shared.clone()));
         Ok(FaultProxy { addr, target, shared, accept_task })
     }
@@ -50,8 +54,21 @@ impl FaultProxy {
         tracing::debug!(proxy = %self.addr, target = %self.target, "link cut");
     }
 
-    /// Forwards new connections again.
+    /// Silently drops everything from now on: open connections stop forwarding without being
+    /// closed, new ones are accepted and never answered.
+    pub fn blackhole(&self) {
+        self.shared.blackhole.send_replace(true);
+        tracing::debug!(proxy = %self.addr, target = %self.target, "link blackholed");
+    }
+
+    /// Forwards new connections again (connections that were blackholed are reset, as a
+    /// peer's TCP would eventually time them out).
     pub fn heal(&self) {
+        if self.shared.blackhole.send_replace(false) {
+            for conn in self.shared.conns.lock().unwrap().drain(..) {
+                conn.abort();
+            }
+        }
         self.shared.cut.store(false, Ordering::SeqCst);
         tracing::debug!(proxy = %self.addr, target = %self.target, "link healed");
     }
@@ -76,7 +93,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
             reset(inbound);
             continue;
         }
-        let conn = tokio::spawn(forward(inbound, target));
+        let conn = tokio::spawn(forward(inbound, target, shared.blackhole.subscribe()));
         let mut conns = shared.conns.lock().unwrap();
         // Forget finished connections so a long test does not accumulate handles.
         conns.retain(|c| !c.is_finished());
@@ -91,15 +108,28 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
 
 /// Copies bytes both ways until either side closes. Aborting the task drops both sockets;
 /// `SO_LINGER 0` makes that a reset, so both ends notice at once instead of at a timeout.
-async fn forward(mut inbound: TcpStream, target: SocketAddr) {
+async fn forward(mut inbound: TcpStream, target: SocketAddr, mut blackhole: tokio::sync::watch::Receiver<bool>) {
     let _ = inbound.set_zero_linger();
-    let Ok(mut outbound) = TcpStream::connect(target).await else {
-        return;
-    };
-    let _ = outbound.set_zero_linger();
-    let _ = inbound.set_nodelay(true);
-    let _ = outbound.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    if !*blackhole.borrow() {
+        let Ok(mut outbound) = TcpStream::connect(target).await else {
+            return;
+        };
+        let _ = outbound.set_zero_linger();
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+            _ = blackhole.wait_for(|b| *b) => {}
+        }
+    }
+    // Blackholed: keep the client's socket open and swallow what it sends.
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut inbound, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Closes a connection with a reset.
@@ -160,6 +190,27 @@ mod tests {
 
         // New connections are refused while cut.
         assert!(roundtrip(proxy.addr()).await.is_err());
+
+        proxy.heal();
+        assert_eq!(roundtrip(proxy.addr()).await.unwrap(), b"ping");
+    }
+
+    #[tokio::test]
+    async fn blackhole_swallows_silently_and_heals() {
+        let target = echo_server().await;
+        let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), target).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        open.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        open.read_exact(&mut buf).await.unwrap();
+
+        proxy.blackhole();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The open connection stays open but gets no answer; a new one connects but hangs.
+        open.write_all(b"ping").await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), open.read_exact(&mut buf)).await.is_err());
+        let err = roundtrip(proxy.addr()).await.unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
 
         proxy.heal();
         assert_eq!(roundtrip(proxy.addr()).await.unwrap(), b"ping");

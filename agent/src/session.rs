@@ -1,0 +1,175 @@
+//! The AgentLink session: hello with the declared checks, reports and heartbeats out, redirects
+//! in. Sessions terminate on the leader; on a redirect the agent goes straight to the named
+//! leader, otherwise it walks the configured coordinators with backoff. Check runners keep
+//! their windows meanwhile, so nothing measured is lost by a leader change.
+
+use crate::config::{AgentConfig, CheckSpec};
+use crate::metrics::AgentMetrics;
+use drcut_proto::v1::agent_link_client::AgentLinkClient;
+use drcut_proto::v1::agent_message::Body as AgentBody;
+use drcut_proto::v1::coordinator_message::Body as CoordBody;
+use drcut_proto::v1::{AgentMessage, CheckInfo, CheckReport, Heartbeat, Hello};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+/// How a session ended.
+enum End {
+    /// Go to this leader next.
+    Redirect(String),
+    /// The coordinator refused us (bad config on our side, or an unknown region): say so
+    /// loudly, keep retrying slowly.
+    Refused(String),
+    /// Connection trouble; `bool`: the session had been open (retry at once, elsewhere).
+    Lost(String, bool),
+}
+
+/// What the coordinator learns about a check at hello.
+pub fn check_info(c: &CheckSpec) -> CheckInfo {
+    CheckInfo {
+        name: c.name.clone(),
+        r#type: c.kind.to_string(),
+        target_region: c.target_region.clone(),
+        slo: c.slo.iter().map(|s| s.to_string()).collect(),
+        interval_ms: c.interval.as_millis() as u32,
+        timeout_ms: c.timeout.as_millis() as u32,
+    }
+}
+
+fn hello(cfg: &AgentConfig, checks: &[CheckInfo]) -> Hello {
+    let capabilities: std::collections::BTreeSet<String> =
+        checks.iter().map(|c| format!("check:{}", c.r#type)).collect();
+    Hello {
+        agent_id: cfg.agent_id.clone(),
+        region: cfg.region.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        capabilities: capabilities.into_iter().collect(),
+        checks: checks.to_vec(),
+    }
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    checks: &[CheckInfo],
+    addr: &str,
+    reports: &mut mpsc::Receiver<CheckReport>,
+    metrics: &AgentMetrics,
+) -> End {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let ep = match tonic::transport::Endpoint::from_shared(uri) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5)),
+        Err(e) => return End::Refused(format!("{addr}: not a valid address: {e}")),
+    };
+    let ch = match ep.connect().await {
+        Ok(c) => c,
+        Err(e) => return End::Lost(format!("{addr}: cannot connect: {e}"), false),
+    };
+    let (tx, rx) = mpsc::channel(64);
+    if tx.send(AgentMessage { body: Some(AgentBody::Hello(hello(cfg, checks))) }).await.is_err() {
+        return End::Lost("session closed".into(), false);
+    }
+    let mut inbound = match AgentLinkClient::new(ch).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+            return End::Refused(s.message().to_string());
+        }
+        Err(s) => return End::Lost(format!("{addr}: {}", s.message()), false),
+    };
+    // Reports queued while disconnected describe the past; the runners send fresh ones.
+    while reports.try_recv().is_ok() {}
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut hb_seq = 0;
+    let mut open = false;
+    loop {
+        tokio::select! {
+            msg = inbound.next() => match msg {
+                Some(Ok(m)) => match m.body {
+                    Some(CoordBody::Welcome(w)) => {
+                        tracing::info!(node = w.node_id, coordinator = %addr, "session open");
+                        open = true;
+                        metrics.session.set(1);
+                    }
+                    Some(CoordBody::Redirect(r)) => {
+                        metrics.session.set(0);
+                        tracing::info!(leader = r.leader_id, addr = %r.leader_addr, reason = %r.reason, "redirected");
+                        return if r.leader_addr.is_empty() { End::Lost(format!("{addr}: {}; no leader known", r.reason), open) } else { End::Redirect(r.leader_addr) };
+                    }
+                    _ => {}
+                },
+                Some(Err(s)) => {
+                    metrics.session.set(0);
+                    return if s.code() == tonic::Code::InvalidArgument { End::Refused(s.message().to_string()) } else { End::Lost(format!("{addr}: {}", s.message()), open) };
+                }
+                None => {
+                    metrics.session.set(0);
+                    return End::Lost(format!("{addr}: session ended"), open);
+                }
+            },
+            Some(r) = reports.recv(), if open => {
+                if tx.send(AgentMessage { body: Some(AgentBody::Report(r)) }).await.is_err() {
+                    metrics.session.set(0);
+                    return End::Lost("session closed".into(), open);
+                }
+            }
+            _ = heartbeat.tick() => {
+                hb_seq += 1;
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq: hb_seq })) }).await.is_err() {
+                    metrics.session.set(0);
+                    return End::Lost("session closed".into(), open);
+                }
+            }
+        }
+    }
+}
+
+/// Holds a session with the cluster's leader for as long as the process lives.
+pub async fn run(
+    cfg: Arc<AgentConfig>,
+    checks: Vec<CheckInfo>,
+    file: String,
+    mut reports: mpsc::Receiver<CheckReport>,
+    metrics: Arc<AgentMetrics>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut next: Option<String> = None;
+    let mut i = 0usize;
+    loop {
+        let (addr, field) = match next.take() {
+            Some(a) => (a, "leader (redirect)".to_string()),
+            None => {
+                let k = i % cfg.coordinators.len();
+                i += 1;
+                (cfg.coordinators[k].clone(), format!("coordinators[{k}]"))
+            }
+        };
+        match session(&cfg, &checks, &addr, &mut reports, &metrics).await {
+            End::Redirect(leader) => {
+                next = Some(leader);
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            End::Refused(why) => {
+                tracing::error!(
+                    "{file}: region: {:?} / agent_id: {:?} refused by the coordinator: {why}",
+                    cfg.region,
+                    cfg.agent_id
+                );
+                backoff = Duration::from_secs(5);
+            }
+            End::Lost(why, was_open) => {
+                tracing::warn!("{file}: {field}: {why} (retrying)");
+                if was_open {
+                    // The leader just went away: try the next coordinator at once.
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
