@@ -23,8 +23,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Built-in check interval when neither the check nor `defaults` sets one.
-pub const DEFAULT_INTERVAL_MS: u64 = 500;
+/// Built-in check interval when neither the check nor `defaults` sets one. With the
+/// coordinator's default of 3 bad evaluations, 300 ms detects refused connections within
+/// ~1 s and silent drops (400 ms timeouts) within ~1.6 s (see docs/BENCHMARKS.md).
+pub const DEFAULT_INTERVAL_MS: u64 = 300;
 /// Built-in check timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 400;
 /// Built-in window length (samples).
@@ -911,7 +913,10 @@ checks:
     fn minimal_config_takes_built_in_defaults() {
         let c = parse_env(&format!("{MINIMAL}checks: [{{name: p, type: tcp, addr: 'localhost:5432'}}]\n")).unwrap();
         let p = &c.checks[0];
-        assert_eq!((p.interval, p.timeout, p.window), (Duration::from_millis(500), Duration::from_millis(400), 20));
+        assert_eq!(
+            (p.interval, p.timeout, p.window),
+            (Duration::from_millis(DEFAULT_INTERVAL_MS), Duration::from_millis(400), 20)
+        );
         assert_eq!(c.metrics_listen, None);
     }
 

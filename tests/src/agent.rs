@@ -113,6 +113,11 @@ impl AgentProc {
         &self.config_path
     }
 
+    /// The process id while a process is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Whether the harness started the process and has not stopped it (it may have exited on
     /// its own since).
     pub fn has_process(&self) -> bool {
