@@ -388,7 +388,7 @@ fn breach_text(t: &Track) -> String {
         .iter()
         .filter(|s| !s.ok)
         .map(|s| match s.value {
-            Some(v) => format!("{} (value {v})", s.expr),
+            Some(v) => format!("{} (value {})", s.expr, (v * 1000.0).round() / 1000.0),
             None => format!("{} (no value)", s.expr),
         })
         .collect();
