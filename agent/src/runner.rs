@@ -27,8 +27,9 @@ pub fn evaluate(
         values.insert(k.clone(), *v);
     }
     let results: Vec<_> = slo.iter().map(|s| s.eval(&values)).collect();
-    // Without SLOs the newest answer decides; with them, the SLOs over the window do.
-    let slo_ok = sample.reachable && if results.is_empty() { sample.ok } else { results.iter().all(|r| r.ok) };
+    // A wrong answer (status, role, answer set) is never healthy, whatever the window's
+    // statistics say: a promoted standby with zero lag must not pass as a good standby.
+    let slo_ok = sample.reachable && sample.ok && results.iter().all(|r| r.ok);
     CheckReport {
         check: spec_name.to_string(),
         target_region: target_region.to_string(),
@@ -77,7 +78,7 @@ mod tests {
     use crate::slo::Slo;
 
     #[test]
-    fn slo_decides_when_present_newest_answer_otherwise() {
+    fn wrong_answers_and_broken_slos_are_both_bad() {
         let mut w = Window::new(10);
         let bad = Sample { reachable: true, ok: false, latency_ms: 10.0, ..Default::default() };
         w.push(&bad);
@@ -85,8 +86,13 @@ mod tests {
         assert!(!r.slo_ok && r.reachable);
         let slo = vec![Slo::parse("p95_ms <= 300").unwrap()];
         let r = evaluate("c", "eu-west", &slo, &w, &bad, 2, 0);
-        assert!(r.slo_ok, "latency SLO holds even though the answer was wrong");
+        assert!(!r.slo_ok, "a wrong answer is bad even when the latency SLO holds");
         assert_eq!(r.values["error_ratio"], 1.0);
+        let good = Sample { reachable: true, ok: true, latency_ms: 10.0, ..Default::default() };
+        w.push(&good);
+        assert!(evaluate("c", "eu-west", &slo, &w, &good, 3, 0).slo_ok);
+        let strict = vec![Slo::parse("error_ratio <= 0.1").unwrap()];
+        assert!(!evaluate("c", "eu-west", &strict, &w, &good, 4, 0).slo_ok, "the window still holds the error");
         let gone = Sample { reachable: false, latency_ms: 400.0, ..Default::default() };
         w.push(&gone);
         assert!(!evaluate("c", "eu-west", &slo, &w, &gone, 3, 0).slo_ok, "unreachable is never ok");

@@ -66,7 +66,7 @@ async fn session(
     };
     let ch = match ep.connect().await {
         Ok(c) => c,
-        Err(e) => return End::Lost(format!("{addr}: cannot connect: {e}"), false),
+        Err(e) => return End::Lost(format!("{addr}: cannot connect: {}", crate::checks::error_chain(&e)), false),
     };
     let (tx, rx) = mpsc::channel(64);
     if tx.send(AgentMessage { body: Some(AgentBody::Hello(hello(cfg, checks))) }).await.is_err() {
@@ -126,6 +126,17 @@ async fn session(
     }
 }
 
+/// The config field a refusal is about, with its value, for the operator who must fix it.
+fn refused_field(cfg: &AgentConfig, checks: &[CheckInfo], why: &str) -> String {
+    if let Some((i, c)) = checks.iter().enumerate().find(|(_, c)| why.contains(&format!("check {:?}", c.name))) {
+        return format!("checks[{i}].target_region: {:?}", c.target_region);
+    }
+    if why.contains("region") {
+        return format!("region: {:?}", cfg.region);
+    }
+    format!("agent_id: {:?}", cfg.agent_id)
+}
+
 /// Holds a session with the cluster's leader for as long as the process lives.
 pub async fn run(
     cfg: Arc<AgentConfig>,
@@ -153,11 +164,8 @@ pub async fn run(
                 continue;
             }
             End::Refused(why) => {
-                tracing::error!(
-                    "{file}: region: {:?} / agent_id: {:?} refused by the coordinator: {why}",
-                    cfg.region,
-                    cfg.agent_id
-                );
+                let field = refused_field(&cfg, &checks, &why);
+                tracing::error!("{file}: {field}: refused by the coordinator: {why}");
                 backoff = Duration::from_secs(5);
             }
             End::Lost(why, was_open) => {

@@ -392,7 +392,12 @@ fn breach_text(t: &Track) -> String {
             None => format!("{} (no value)", s.expr),
         })
         .collect();
-    if bad.is_empty() { String::new() } else { format!(" (breaks {})", bad.join(", ")) }
+    match (bad.is_empty(), r.error.is_empty()) {
+        (false, _) => format!(" (breaks {})", bad.join(", ")),
+        // A wrong answer without an SLO to break: the probe's own words say why.
+        (true, false) => format!(" ({})", r.error),
+        (true, true) => String::new(),
+    }
 }
 
 fn check_evidence(t: &Track) -> serde_json::Value {

@@ -88,7 +88,7 @@ impl AgentProc {
             .arg(&self.config_path)
             // The flag decides; an inherited variable must not point elsewhere.
             .env_remove("DRCUT_AGENT_CONFIG")
-            .env("RUST_LOG", log)
+            .env("DRCUT_LOG", log)
             // Colour codes in the log files would split the phrases wait_log looks for.
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -68,7 +68,11 @@ pub const HEALTH_WAIT: Duration = Duration::from_secs(20);
 /// One check of a region's board entry, by check name.
 pub fn check<'a>(r: &'a RegionHealth, name: &str) -> Result<&'a CheckHealth> {
     r.checks.iter().find(|c| c.check == name).with_context(|| {
-        format!("check {name} not on region {}; it has {:?}", r.region, r.checks.iter().map(|c| &c.check).collect::<Vec<_>>())
+        format!(
+            "check {name} not on region {}; it has {:?}",
+            r.region,
+            r.checks.iter().map(|c| &c.check).collect::<Vec<_>>()
+        )
     })
 }
 

@@ -70,7 +70,7 @@ impl Node {
         let mut cmd = Command::new(bins::bin_path(bins::COORDINATOR)?);
         cmd.arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", std::env::var("DRCUT_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env("DRCUT_LOG", std::env::var("DRCUT_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
