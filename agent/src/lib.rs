@@ -20,3 +20,4 @@ pub mod session;
 pub mod slo;
 pub mod tls;
 pub mod window;
+pub mod steps;

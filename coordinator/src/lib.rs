@@ -25,6 +25,7 @@ pub mod http;
 pub mod hub;
 pub mod network;
 pub mod node;
+pub mod run;
 pub mod state;
 pub mod store;
 pub mod types;
