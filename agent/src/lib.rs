@@ -9,15 +9,17 @@
 //! - [`checks`]: one probe per check type, each a real client doing one measurement.
 //! - [`window`]: a check's sliding window and its statistics; [`runner`] schedules a check,
 //!   judges its SLOs and emits reports.
-//! - [`session`]: the AgentLink session that carries reports to the coordinator leader.
+//! - [`session`]: the AgentLink session that carries reports to the coordinator leader and
+//!   step commands from it to the [`executor`], which runs [`steps`] against real systems.
 //! - [`metrics`]: Prometheus `/metrics`.
 pub mod checks;
 pub mod config;
+pub mod executor;
 pub mod metrics;
 pub mod runner;
 pub mod secrets;
 pub mod session;
 pub mod slo;
+pub mod steps;
 pub mod tls;
 pub mod window;
-pub mod steps;

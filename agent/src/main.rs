@@ -1,7 +1,7 @@
 //! `drcut-agent --config agent.yaml`: the region agent.
 
 use clap::Parser;
-use drcut_agent::{config, metrics, runner, session, tls};
+use drcut_agent::{config, executor, metrics, runner, session, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ async fn main() -> ExitCode {
     }
     println!("drcut-agent: {} in {} running {} checks", cfg.agent_id, cfg.region, specs_for_hello.len());
     let file = args.config.display().to_string();
+    let (executor, results) = executor::Executor::new(cfg.clone());
+    let links = session::Links { reports: rx, results, executor };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(e) => {
@@ -68,7 +70,7 @@ async fn main() -> ExitCode {
         }
     };
     tokio::select! {
-        _ = session::run(cfg, specs_for_hello, file, rx, metrics) => ExitCode::FAILURE,
+        _ = session::run(cfg, specs_for_hello, file, links, metrics) => ExitCode::FAILURE,
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
         _ = term.recv() => ExitCode::SUCCESS,
     }

@@ -4,11 +4,12 @@
 //! their windows meanwhile, so nothing measured is lost by a leader change.
 
 use crate::config::{AgentConfig, CheckSpec};
+use crate::executor::Executor;
 use crate::metrics::AgentMetrics;
 use drcut_proto::v1::agent_link_client::AgentLinkClient;
 use drcut_proto::v1::agent_message::Body as AgentBody;
 use drcut_proto::v1::coordinator_message::Body as CoordBody;
-use drcut_proto::v1::{AgentMessage, CheckInfo, CheckReport, Heartbeat, Hello};
+use drcut_proto::v1::{AgentMessage, CheckInfo, CheckReport, Heartbeat, Hello, StepResult};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -49,13 +50,24 @@ fn hello(cfg: &AgentConfig, checks: &[CheckInfo]) -> Hello {
     }
 }
 
+/// The channels a session carries besides its own stream.
+pub struct Links {
+    /// Check reports (latest wins).
+    pub reports: mpsc::Receiver<CheckReport>,
+    /// Step results (never dropped: a new leader may ask for them).
+    pub results: mpsc::UnboundedReceiver<StepResult>,
+    /// Executes step commands.
+    pub executor: Arc<Executor>,
+}
+
 async fn session(
     cfg: &AgentConfig,
     checks: &[CheckInfo],
     addr: &str,
-    reports: &mut mpsc::Receiver<CheckReport>,
+    links: &mut Links,
     metrics: &AgentMetrics,
 ) -> End {
+    let reports = &mut links.reports;
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let ep = match tonic::transport::Endpoint::from_shared(uri) {
         Ok(e) => e
@@ -93,6 +105,7 @@ async fn session(
                         open = true;
                         metrics.session.set(1);
                     }
+                    Some(CoordBody::Step(cmd)) => links.executor.handle(cmd),
                     Some(CoordBody::Redirect(r)) => {
                         metrics.session.set(0);
                         tracing::info!(leader = r.leader_id, addr = %r.leader_addr, reason = %r.reason, "redirected");
@@ -111,6 +124,12 @@ async fn session(
             },
             Some(r) = reports.recv(), if open => {
                 if tx.send(AgentMessage { body: Some(AgentBody::Report(r)) }).await.is_err() {
+                    metrics.session.set(0);
+                    return End::Lost("session closed".into(), open);
+                }
+            }
+            Some(r) = links.results.recv(), if open => {
+                if tx.send(AgentMessage { body: Some(AgentBody::StepResult(r)) }).await.is_err() {
                     metrics.session.set(0);
                     return End::Lost("session closed".into(), open);
                 }
@@ -142,7 +161,7 @@ pub async fn run(
     cfg: Arc<AgentConfig>,
     checks: Vec<CheckInfo>,
     file: String,
-    mut reports: mpsc::Receiver<CheckReport>,
+    mut links: Links,
     metrics: Arc<AgentMetrics>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -157,7 +176,7 @@ pub async fn run(
                 (cfg.coordinators[k].clone(), format!("coordinators[{k}]"))
             }
         };
-        match session(&cfg, &checks, &addr, &mut reports, &metrics).await {
+        match session(&cfg, &checks, &addr, &mut links, &metrics).await {
             End::Redirect(leader) => {
                 next = Some(leader);
                 backoff = Duration::from_millis(100);

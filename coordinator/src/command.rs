@@ -54,6 +54,23 @@ pub enum Command {
         /// Per region transitions.
         regions: Vec<RegionTransition>,
     },
+    /// Stores a validated playbook by content hash.
+    ApplyPlaybook {
+        /// The stored playbook.
+        playbook: StoredPlaybook,
+    },
+    /// Creates a run; refused while another run holds the service.
+    CreateRun {
+        /// The new run.
+        record: Box<RunRecord>,
+    },
+    /// Changes a run (operator actions and the engine's intents and outcomes).
+    UpdateRun {
+        /// The run.
+        run_id: String,
+        /// What happens to it.
+        op: RunOp,
+    },
     /// Records an event that changes no other state (e.g. who asked for a membership change).
     Record {
         /// Dotted action name.
@@ -71,6 +88,9 @@ impl Command {
             Command::AddRegion { .. } => "region.add",
             Command::RegisterAgent { .. } => "agent.register",
             Command::HealthTransitions { .. } => "health.transitions",
+            Command::ApplyPlaybook { .. } => "playbook.apply",
+            Command::CreateRun { .. } => "run.create",
+            Command::UpdateRun { op, .. } => op.action(),
             Command::Record { action, .. } => action,
         }
     }
@@ -99,6 +119,118 @@ pub struct Region {
     /// the agents that check it.
     #[serde(default)]
     pub down_quorum: u32,
+}
+
+/// A playbook as stored (by content hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPlaybook {
+    /// metadata.name.
+    pub name: String,
+    /// spec.service.
+    pub service: String,
+    /// SHA-256 of the text.
+    pub hash: String,
+    /// The YAML text.
+    pub text: String,
+    /// When (leader time).
+    pub applied_ms: i64,
+    /// By whom.
+    pub applied_by: String,
+}
+
+/// A run with what it was started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The stepper's record.
+    pub run: crate::run::Run,
+    /// Playbook name.
+    pub playbook: String,
+    /// The playbook version the run pinned.
+    pub playbook_hash: String,
+    /// Parameters as given.
+    pub params: BTreeMap<String, String>,
+    /// Why the run was started.
+    pub reason: String,
+    /// Created (leader time).
+    pub created_ms: i64,
+    /// Ended (0 while active).
+    pub ended_ms: i64,
+    /// Log index of the last change.
+    pub revision: u64,
+    /// The idempotency key it was started with (empty: none).
+    #[serde(default)]
+    pub idempotency_key: String,
+}
+
+/// A change to a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RunOp {
+    /// An approver approves.
+    Approve {
+        /// Who.
+        who: String,
+    },
+    /// Pause at the next safe point.
+    Pause {
+        /// Why.
+        reason: String,
+    },
+    /// Resume a paused run.
+    Resume,
+    /// Stop it.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+    /// The engine commits the intent to send `work`.
+    Dispatch {
+        /// What.
+        work: crate::run::Work,
+        /// The fencing token sent with it.
+        token: u64,
+    },
+    /// An attempt's outcome (or its timeout).
+    Result {
+        /// What.
+        work: crate::run::Work,
+        /// Verified success.
+        ok: bool,
+        /// One line.
+        detail: String,
+        /// Numbers.
+        measurements: BTreeMap<String, f64>,
+        /// Output for later steps.
+        data: serde_json::Value,
+    },
+    /// A gate's verdict after a dwell.
+    Gate {
+        /// Passed.
+        ok: bool,
+        /// Why.
+        detail: String,
+    },
+    /// The run reached a terminal state.
+    Finish {
+        /// Which.
+        state: crate::run::RunState,
+    },
+}
+
+impl RunOp {
+    /// Audit action name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            RunOp::Approve { .. } => "run.approve",
+            RunOp::Pause { .. } => "run.pause",
+            RunOp::Resume => "run.resume",
+            RunOp::Abort { .. } => "run.abort",
+            RunOp::Dispatch { .. } => "run.step_started",
+            RunOp::Result { .. } => "run.step_finished",
+            RunOp::Gate { .. } => "run.gate",
+            RunOp::Finish { .. } => "run.finish",
+        }
+    }
 }
 
 /// A registered region agent.
@@ -241,6 +373,16 @@ pub enum Outcome {
     Region {
         /// The stored region.
         region: Region,
+    },
+    /// The run as stored after the change.
+    Run {
+        /// Run id.
+        run_id: String,
+    },
+    /// The stored playbook.
+    Playbook {
+        /// Content hash.
+        hash: String,
     },
     /// The agent as registered.
     Agent {

@@ -192,6 +192,8 @@ pub struct App {
     pub pool: ChannelPool,
     /// Live health (meaningful on the leader).
     pub hub: HealthHub,
+    /// The run engine's session registry.
+    pub engine: crate::engine::Engine,
 }
 
 /// Shared handle.
@@ -434,6 +436,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
         view: sm.view(),
         pool,
         hub: HealthHub::new(Thresholds { down_after: cfg.health.down_after, up_after: cfg.health.up_after }),
+        engine: crate::engine::Engine::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -446,6 +449,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
     }
     tokio::spawn(ensure_cluster_identity(app.clone()));
     tokio::spawn(health_ticker(app.clone(), Duration::from_millis(cfg.health.tick_ms)));
+    tokio::spawn(crate::engine::run(app.clone()));
     if let Some(addr) = cfg.http_listen {
         let l =
             TcpListener::bind(addr).await.map_err(|e| cfg.error("http_listen", format!("cannot bind {addr}: {e}")))?;

@@ -56,6 +56,9 @@ pub struct PlanStep {
     pub dwell_ms: u64,
     /// shift_traffic: the region that must be healthy before the next phase.
     pub gate_region: Option<String>,
+    /// shift_traffic: `up`, or `not_down` (degraded passes).
+    #[serde(default)]
+    pub gate_require: String,
 }
 
 /// The steps a run executes, pinned at creation.
@@ -110,7 +113,7 @@ impl RunState {
 }
 
 /// A unit of work sent to an agent: a step, one phase of a step, or a compensation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Work {
     /// Step index.
     pub step: usize,
@@ -504,6 +507,7 @@ mod tests {
             phases: vec![],
             dwell_ms: 0,
             gate_region: None,
+            gate_require: "up".into(),
         }
     }
 

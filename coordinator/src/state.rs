@@ -7,7 +7,7 @@
 use crate::audit::{AuditEntry, GENESIS_HASH};
 use crate::command::{
     AgentRecord, CheckStatus, CheckTransition, ClusterMeta, Command, HealthState, Outcome, Region, RegionStatus,
-    RegionTransition, Rejection, Request, Response,
+    RegionTransition, Rejection, Request, Response, RunOp, RunRecord, StoredPlaybook,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -58,6 +58,10 @@ pub enum Change {
     Check(CheckStatus),
     /// A region's health changed.
     RegionHealth(String, RegionStatus),
+    /// A playbook was stored.
+    Playbook(StoredPlaybook),
+    /// A run was created or changed.
+    Run(Box<RunRecord>),
 }
 
 /// The replicated state (audit entries live in the store; only the chain's head is here).
@@ -75,6 +79,10 @@ pub struct State {
     pub checks: BTreeMap<String, CheckStatus>,
     /// Region health by region name.
     pub region_health: BTreeMap<String, RegionStatus>,
+    /// Playbooks by content hash.
+    pub playbooks: BTreeMap<String, StoredPlaybook>,
+    /// Runs by id.
+    pub runs: BTreeMap<String, RunRecord>,
     /// Request ids by the log index that first applied them, oldest first (for eviction).
     pub(crate) request_order: BTreeMap<u64, String>,
 }
@@ -201,6 +209,102 @@ impl State {
                     self.apply_region_transition(t, log_index, req, changes);
                 }
                 Ok(Outcome::Done)
+            }
+            Command::ApplyPlaybook { playbook } => {
+                validate_name("playbook.name", &playbook.name).map_err(|m| (Rejection::InvalidArgument, m))?;
+                let mut p = playbook.clone();
+                p.applied_ms = req.at_ms;
+                p.applied_by = req.actor.clone();
+                let details = serde_json::json!({"name": p.name, "service": p.service, "hash": p.hash});
+                self.playbooks.insert(p.hash.clone(), p.clone());
+                changes.push(Change::Playbook(p));
+                self.audit(log_index, req.at_ms, &req.actor, "playbook.apply", details, changes);
+                Ok(Outcome::Playbook { hash: playbook.hash.clone() })
+            }
+            Command::CreateRun { record } => {
+                if let Some(holder) =
+                    self.runs.values().find(|r| r.run.service == record.run.service && !r.run.state.is_terminal())
+                {
+                    return Err((
+                        Rejection::FailedPrecondition,
+                        format!(
+                            "run {} holds service {:?} (state {:?}); one run per service at a time",
+                            holder.run.id, holder.run.service, holder.run.state
+                        ),
+                    ));
+                }
+                if self.runs.contains_key(&record.run.id) {
+                    return Err((Rejection::AlreadyExists, format!("run {} exists", record.run.id)));
+                }
+                let mut rec = (**record).clone();
+                rec.created_ms = req.at_ms;
+                rec.revision = log_index;
+                let details = serde_json::json!({
+                    "run_id": rec.run.id, "service": rec.run.service, "playbook": rec.playbook,
+                    "playbook_hash": rec.playbook_hash, "params": rec.params, "reason": rec.reason,
+                    "approvals_required": rec.run.plan.approvals_required,
+                });
+                self.runs.insert(rec.run.id.clone(), rec.clone());
+                changes.push(Change::Run(Box::new(rec)));
+                self.audit(log_index, req.at_ms, &req.actor, "run.create", details, changes);
+                Ok(Outcome::Run { run_id: record.run.id.clone() })
+            }
+            Command::UpdateRun { run_id, op } => {
+                let Some(mut rec) = self.runs.get(run_id).cloned() else {
+                    return Err((Rejection::InvalidArgument, format!("no run {run_id:?}")));
+                };
+                let r = &mut rec.run;
+                let res: Result<bool, String> = match op {
+                    RunOp::Approve { who } => r.approve(who).map(|_| true),
+                    RunOp::Pause { reason } => r.pause(reason).map(|_| true),
+                    RunOp::Resume => r.resume().map(|_| true),
+                    RunOp::Abort { reason } => r.abort(reason).map(|_| true),
+                    RunOp::Dispatch { work, token } => {
+                        if r.in_flight.is_some() || r.state.is_terminal() {
+                            Ok(false)
+                        } else {
+                            r.record_dispatch(work.clone(), *token, req.at_ms);
+                            Ok(true)
+                        }
+                    }
+                    RunOp::Result { work, ok, detail, measurements, data } => {
+                        Ok(r.record_result(work, *ok, detail, measurements.clone(), data.clone(), req.at_ms))
+                    }
+                    RunOp::Gate { ok, detail } => {
+                        if r.dwell_until_ms.is_some() {
+                            r.record_gate(*ok, detail);
+                            Ok(true)
+                        } else {
+                            Ok(false)
+                        }
+                    }
+                    RunOp::Finish { state } => {
+                        if r.state.is_terminal() {
+                            Ok(false)
+                        } else {
+                            r.state = state.clone();
+                            Ok(true)
+                        }
+                    }
+                };
+                let applied = res.map_err(|m| (Rejection::FailedPrecondition, m))?;
+                if !applied {
+                    // A stale intent or a late result: recorded as a no-op, changes nothing.
+                    return Ok(Outcome::Run { run_id: run_id.clone() });
+                }
+                if rec.run.state.is_terminal() && rec.ended_ms == 0 {
+                    rec.ended_ms = req.at_ms;
+                }
+                rec.revision = log_index;
+                let mut details = serde_json::to_value(op).unwrap_or_default();
+                if let Some(o) = details.as_object_mut() {
+                    o.insert("run_id".into(), serde_json::json!(run_id));
+                    o.insert("state".into(), serde_json::to_value(&rec.run.state).unwrap_or_default());
+                }
+                self.runs.insert(run_id.clone(), rec.clone());
+                changes.push(Change::Run(Box::new(rec)));
+                self.audit(log_index, req.at_ms, &req.actor, op.action(), details, changes);
+                Ok(Outcome::Run { run_id: run_id.clone() })
             }
             Command::Record { action, details } => {
                 if action.is_empty() {

@@ -45,6 +45,7 @@ pub mod bins;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod cutover;
 pub mod health;
 pub mod http_server;
 pub mod node;

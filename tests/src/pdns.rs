@@ -190,21 +190,7 @@ impl Pdns {
     /// Asks the server for the A records of `name`, as a client would (no cache, no
     /// recursion); sorted, empty when the name or the RRset does not exist.
     pub async fn query_a(&self, name: &str) -> Result<Vec<Ipv4Addr>> {
-        let lookup = match self.resolver.lookup(fqdn(name).as_str(), RecordType::A).await {
-            Ok(l) => l,
-            Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("querying {name} A at {}", self.dns_addr)),
-        };
-        let mut ips: Vec<Ipv4Addr> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect();
-        ips.sort();
-        Ok(ips)
+        query_a_at(&self.resolver, name).await.with_context(|| format!("at {}", self.dns_addr))
     }
 
     /// SIGKILLs the server: DNS and API stop answering.
@@ -337,8 +323,27 @@ loglevel=6
     )
 }
 
+/// The A records of `name` as `resolver` gets them; sorted, empty when there are none.
+pub async fn query_a_at(resolver: &TokioResolver, name: &str) -> Result<Vec<Ipv4Addr>> {
+    let lookup = match resolver.lookup(fqdn(name).as_str(), RecordType::A).await {
+        Ok(l) => l,
+        Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("querying {name} A")),
+    };
+    let mut ips: Vec<Ipv4Addr> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    ips.sort();
+    Ok(ips)
+}
+
 /// A resolver that asks only `server`, over UDP then TCP, without caching or recursion.
-fn resolver(server: SocketAddr) -> Result<TokioResolver> {
+pub fn resolver(server: SocketAddr) -> Result<TokioResolver> {
     let mut udp = ConnectionConfig::udp();
     udp.port = server.port();
     let mut tcp = ConnectionConfig::tcp();

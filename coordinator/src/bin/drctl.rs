@@ -49,10 +49,113 @@ enum Cmd {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Cutover playbooks.
+    #[command(subcommand)]
+    Playbook(PlaybookCmd),
+    /// Print exactly what a cutover would do and whether it could start now. Changes nothing.
+    Plan {
+        /// Playbook name or hash.
+        playbook: String,
+        /// NAME=VALUE, repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    /// Start cutovers.
+    #[command(subcommand)]
+    Cutover(CutoverCmd),
+    /// Inspect and steer runs.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Approve a run (the requester cannot approve their own).
+    Approve {
+        /// Run id.
+        run: String,
+    },
+    /// Pause every active run at its next safe point.
+    Halt {
+        /// Why.
+        #[arg(long, default_value = "halt")]
+        reason: String,
+    },
     /// Region health: the regions x checks x vantage board, or a live stream of transitions.
     Health {
         #[command(subcommand)]
         cmd: Option<HealthCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlaybookCmd {
+    /// Check a playbook file locally (syntax, fields, order); regions are checked on apply.
+    Validate {
+        /// The YAML file.
+        file: std::path::PathBuf,
+    },
+    /// Validate against the cluster and store it (by content hash).
+    Apply {
+        /// The YAML file.
+        file: std::path::PathBuf,
+    },
+    /// Stored playbooks.
+    List,
+}
+
+#[derive(Subcommand)]
+enum CutoverCmd {
+    /// Start a cutover; --request-id is its idempotency key.
+    Start {
+        /// Playbook name or hash.
+        playbook: String,
+        /// NAME=VALUE, repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Why (recorded in the audit chain).
+        #[arg(long)]
+        reason: String,
+        /// Follow the run until it ends; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCmd {
+    /// The run's record: steps, attempts, timings, measurements.
+    Show {
+        /// Run id.
+        run: String,
+    },
+    /// Runs.
+    List {
+        /// Only active runs.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Follow a run until it ends.
+    Watch {
+        /// Run id.
+        run: String,
+    },
+    /// Pause at the next safe point.
+    Pause {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[arg(long, default_value = "operator pause")]
+        reason: String,
+    },
+    /// Resume a paused run.
+    Resume {
+        /// Run id.
+        run: String,
+    },
+    /// Stop a run where it is.
+    Abort {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[arg(long, default_value = "operator abort")]
+        reason: String,
     },
 }
 
@@ -230,6 +333,168 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             } else {
                 println!("membership changed at log index {}", reply.log_index);
                 print_members(&reply.members, &[]);
+            }
+            Ok(())
+        }
+        Cmd::Playbook(PlaybookCmd::Validate { file }) => {
+            let text = std::fs::read_to_string(file).map_err(|e| Fail(2, format!("{}: {e}", file.display())))?;
+            let pb = drcut_coordinator::playbook::Playbook::parse(&file.display().to_string(), &text)
+                .map_err(|e| Fail(2, e.to_string()))?;
+            if cli.json {
+                println!("{}", json!({"ok": true, "name": pb.name, "service": pb.service, "hash": pb.hash}));
+            } else {
+                println!(
+                    "{}: ok (playbook {} for service {}, hash {})",
+                    file.display(),
+                    pb.name,
+                    pb.service,
+                    short(&pb.hash)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Playbook(PlaybookCmd::Apply { file }) => {
+            let text = std::fs::read_to_string(file).map_err(|e| Fail(2, format!("{}: {e}", file.display())))?;
+            let r = pb::ApplyPlaybookRequest { ctx: ctx(cli), file: file.display().to_string(), text };
+            let reply = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.apply_playbook(r).await }
+                })
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "name": reply.name, "hash": reply.hash, "log_index": reply.log_index})
+                );
+            } else {
+                println!("playbook {} stored as {}", reply.name, reply.hash);
+            }
+            Ok(())
+        }
+        Cmd::Playbook(PlaybookCmd::List) => {
+            let reply = client.call(|mut c| async move { c.list_playbooks(pb::ListPlaybooksRequest {}).await }).await?;
+            if cli.json {
+                let list: Vec<Value> = reply.playbooks.iter().map(|p| json!({"name": p.name, "hash": p.hash, "service": p.service, "applied_unix_ms": p.applied_unix_ms, "applied_by": p.applied_by})).collect();
+                println!("{}", json!({"playbooks": list}));
+            } else {
+                println!("{:<28} {:<10} {:<18} {:<24} BY", "NAME", "SERVICE", "HASH", "APPLIED (UTC)");
+                for p in &reply.playbooks {
+                    println!(
+                        "{:<28} {:<10} {:<18} {:<24} {}",
+                        p.name,
+                        p.service,
+                        short(&p.hash),
+                        fmt_time(p.applied_unix_ms),
+                        p.applied_by
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Plan { playbook, params } => {
+            let r = pb::StartCutoverRequest {
+                ctx: ctx(cli),
+                playbook: playbook.clone(),
+                params: parse_params(params)?,
+                reason: String::new(),
+            };
+            let reply = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.plan_cutover(r).await }
+                })
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"plan": reply.plan_text, "blockers": reply.blockers, "playbook_hash": reply.playbook_hash})
+                );
+            } else {
+                println!("{}", reply.plan_text);
+                if reply.blockers.is_empty() {
+                    println!("preconditions: all hold now");
+                } else {
+                    for b in &reply.blockers {
+                        println!("BLOCKED: {b}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Cutover(CutoverCmd::Start { playbook, params, reason, wait }) => {
+            let r = pb::StartCutoverRequest {
+                ctx: ctx(cli),
+                playbook: playbook.clone(),
+                params: parse_params(params)?,
+                reason: reason.clone(),
+            };
+            let info = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.start_cutover(r).await }
+                })
+                .await?;
+            if !*wait {
+                print_run(cli, &info);
+                return Ok(());
+            }
+            watch_run(cli, &client, &info.run_id).await
+        }
+        Cmd::Run(RunCmd::Show { run }) => {
+            let r = pb::GetRunRequest { run_id: run.clone() };
+            let info = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.get_run(r).await }
+                })
+                .await?;
+            print_run(cli, &info);
+            Ok(())
+        }
+        Cmd::Run(RunCmd::List { active }) => {
+            let r = pb::ListRunsRequest { active_only: *active };
+            let reply = client.call(|mut c| async move { c.list_runs(r).await }).await?;
+            if cli.json {
+                let runs: Vec<Value> = reply.runs.iter().map(run_json).collect();
+                println!("{}", json!({"runs": runs}));
+            } else {
+                println!(
+                    "{:<26} {:<10} {:<18} {:<14} {:<24} REQUESTER",
+                    "RUN", "SERVICE", "STATE", "PLAYBOOK", "CREATED (UTC)"
+                );
+                for i in &reply.runs {
+                    println!(
+                        "{:<26} {:<10} {:<18} {:<14} {:<24} {}",
+                        i.run_id,
+                        i.service,
+                        i.state,
+                        i.playbook,
+                        fmt_time(i.created_unix_ms),
+                        i.requester
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Run(RunCmd::Watch { run }) => watch_run(cli, &client, run).await,
+        Cmd::Run(RunCmd::Pause { run, reason }) => run_action(cli, &client, RunAct::Pause, run, reason).await,
+        Cmd::Run(RunCmd::Resume { run }) => run_action(cli, &client, RunAct::Resume, run, "").await,
+        Cmd::Run(RunCmd::Abort { run, reason }) => run_action(cli, &client, RunAct::Abort, run, reason).await,
+        Cmd::Approve { run } => run_action(cli, &client, RunAct::Approve, run, "").await,
+        Cmd::Halt { reason } => {
+            let r = pb::RunActionRequest { ctx: ctx(cli), run_id: String::new(), reason: reason.clone() };
+            let reply = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.halt(r).await }
+                })
+                .await?;
+            if cli.json {
+                let runs: Vec<Value> = reply.runs.iter().map(run_json).collect();
+                println!("{}", json!({"ok": true, "paused": runs}));
+            } else {
+                println!("halted: {} run(s) pausing at their next safe point", reply.runs.len());
             }
             Ok(())
         }
@@ -432,6 +697,147 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     println!();
     println!("audit: {} entries, head {}", st.audit_len, short(&st.audit_head));
     Ok(())
+}
+
+fn parse_params(params: &[String]) -> Result<std::collections::HashMap<String, String>, Fail> {
+    params
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Fail(2, format!("--param {p:?}: expected NAME=VALUE")))
+        })
+        .collect()
+}
+
+enum RunAct {
+    Approve,
+    Pause,
+    Resume,
+    Abort,
+}
+
+async fn run_action(cli: &Cli, client: &Client, act: RunAct, run: &str, reason: &str) -> Result<(), Fail> {
+    let r = pb::RunActionRequest { ctx: ctx(cli), run_id: run.to_string(), reason: reason.to_string() };
+    let info = client
+        .call(|mut c| {
+            let r = r.clone();
+            let act = &act;
+            async move {
+                match act {
+                    RunAct::Approve => c.approve_run(r).await,
+                    RunAct::Pause => c.pause_run(r).await,
+                    RunAct::Resume => c.resume_run(r).await,
+                    RunAct::Abort => c.abort_run(r).await,
+                }
+            }
+        })
+        .await?;
+    print_run(cli, &info);
+    Ok(())
+}
+
+fn run_json(i: &pb::RunInfo) -> Value {
+    let record: Value = serde_json::from_str(&i.record_json).unwrap_or(Value::Null);
+    json!({"run_id": i.run_id, "service": i.service, "playbook": i.playbook, "playbook_hash": i.playbook_hash,
+           "requester": i.requester, "reason": i.reason, "state": i.state, "state_reason": i.state_reason,
+           "created_unix_ms": i.created_unix_ms, "ended_unix_ms": i.ended_unix_ms, "revision": i.revision, "record": record})
+}
+
+/// One line per finished attempt plus the run's key figures.
+fn print_run(cli: &Cli, i: &pb::RunInfo) {
+    if cli.json {
+        println!("{}", run_json(i));
+        return;
+    }
+    let rec: Value = serde_json::from_str(&i.record_json).unwrap_or(Value::Null);
+    println!(
+        "run {}  service {}  playbook {} ({})  state {}{}",
+        i.run_id,
+        i.service,
+        i.playbook,
+        short(&i.playbook_hash),
+        i.state,
+        if i.state_reason.is_empty() { String::new() } else { format!(": {}", i.state_reason) }
+    );
+    println!("requested by {} at {}: {}", i.requester, fmt_time(i.created_unix_ms), i.reason);
+    let steps = rec["run"]["plan"]["steps"].as_array().cloned().unwrap_or_default();
+    for a in rec["run"]["history"].as_array().cloned().unwrap_or_default() {
+        let idx = a["work"]["step"].as_u64().unwrap_or(0) as usize;
+        let id = steps.get(idx).and_then(|s| s["id"].as_str()).unwrap_or("?");
+        let phase = a["work"]["phase"].as_u64().map(|p| format!(" phase {p}")).unwrap_or_default();
+        let comp = if a["work"]["compensation"].as_bool() == Some(true) { " (compensation)" } else { "" };
+        let ms = a["finished_ms"].as_i64().unwrap_or(0) - a["started_ms"].as_i64().unwrap_or(0);
+        println!(
+            "  {:<4} {:<16}{}{} attempt {} {:>6} ms  {}",
+            if a["ok"] == true { "ok" } else { "FAIL" },
+            id,
+            phase,
+            comp,
+            a["work"]["attempt"],
+            ms,
+            a["detail"].as_str().unwrap_or_default()
+        );
+    }
+    if i.ended_unix_ms > 0 {
+        println!("total {} ms", i.ended_unix_ms - i.created_unix_ms);
+    }
+}
+
+async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
+    use futures::StreamExt;
+    let mut printed = 0usize;
+    loop {
+        let r = pb::GetRunRequest { run_id: run.to_string() };
+        let mut stream = match client
+            .open_stream(|mut c| {
+                let r = r.clone();
+                async move { c.watch_run(r).await }
+            })
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if e.code() == tonic::Code::NotFound => return Err(e.into()),
+            Err(e) => {
+                eprintln!("drctl: watch: {} (retrying)", e.message());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        };
+        while let Some(item) = stream.next().await {
+            let Ok(info) = item else { break };
+            let rec: Value = serde_json::from_str(&info.record_json).unwrap_or(Value::Null);
+            let steps = rec["run"]["plan"]["steps"].as_array().cloned().unwrap_or_default();
+            let history = rec["run"]["history"].as_array().cloned().unwrap_or_default();
+            for a in history.iter().skip(printed) {
+                let idx = a["work"]["step"].as_u64().unwrap_or(0) as usize;
+                let id = steps.get(idx).and_then(|s| s["id"].as_str()).unwrap_or("?");
+                let ms = a["finished_ms"].as_i64().unwrap_or(0) - a["started_ms"].as_i64().unwrap_or(0);
+                if cli.json {
+                    println!("{}", json!({"run_id": info.run_id, "step": id, "attempt": a}));
+                } else {
+                    let phase = a["work"]["phase"].as_u64().map(|p| format!(" phase {p}")).unwrap_or_default();
+                    println!(
+                        "{} {:<4} {id}{phase} ({} ms) {}",
+                        fmt_time(a["finished_ms"].as_i64().unwrap_or(0)),
+                        if a["ok"] == true { "ok" } else { "FAIL" },
+                        ms,
+                        a["detail"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            printed = history.len();
+            if info.ended_unix_ms > 0 {
+                print_run(cli, &info);
+                return if info.state == "succeeded" {
+                    Ok(())
+                } else {
+                    Err(Fail(1, format!("run {} ended {}: {}", info.run_id, info.state, info.state_reason)))
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The most telling numbers of a check, compactly.

@@ -136,6 +136,7 @@ impl AgentLink for AgentLinkService {
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
         let declared: BTreeSet<String> = decls.into_iter().map(|d| d.name).collect();
+        app.engine.attach(&agent, &hello.region, tx.clone());
         tokio::spawn(async move {
             let mut leadership = tokio::time::interval(Duration::from_millis(200));
             loop {
@@ -147,6 +148,11 @@ impl AgentLink for AgentLinkService {
                             if tx.send(Ok(CoordinatorMessage { body: Some(ack) })).await.is_err() {
                                 break;
                             }
+                        }
+                        Some(Ok(AgentMessage { body: Some(AgentBody::StepResult(r)) })) => {
+                            app.hub.seen(&agent, now_ms());
+                            let app = app.clone();
+                            tokio::spawn(async move { crate::engine::on_result(&app, r).await });
                         }
                         Some(Ok(AgentMessage { body: Some(AgentBody::Report(r)) })) => {
                             if !declared.contains(&r.check) {
@@ -168,6 +174,7 @@ impl AgentLink for AgentLinkService {
                     }
                 }
             }
+            app.engine.detach(&agent, &tx);
             app.hub.goodbye(&agent, now_ms());
             tracing::info!(agent = %agent, "agent session closed");
         });

@@ -177,9 +177,203 @@ fn health_event(e: &crate::audit::AuditEntry) -> pb::HealthEvent {
 
 type HealthStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::HealthEvent, Status>> + Send>>;
 
+type RunStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RunInfo, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Control for ControlService {
     type WatchHealthStream = HealthStream;
+    type WatchRunStream = RunStream;
+
+    async fn apply_playbook(
+        &self,
+        req: Request<pb::ApplyPlaybookRequest>,
+    ) -> Result<Response<pb::ApplyPlaybookReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        let file = if r.file.is_empty() { "playbook".to_string() } else { r.file.clone() };
+        let pb_ =
+            crate::playbook::Playbook::parse(&file, &r.text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Regions can be checked now when every parameter has a default.
+        let known: Vec<String> = self.app.view.regions().into_iter().map(|x| x.name).collect();
+        if let Err(e) = crate::playbook::validate_regions(&pb_, &Default::default(), &known)
+            && !e.message.contains("has no default")
+        {
+            return Err(Status::invalid_argument(e.to_string()));
+        }
+        let stored = command::StoredPlaybook {
+            name: pb_.name.clone(),
+            service: pb_.service.clone(),
+            hash: pb_.hash.clone(),
+            text: r.text,
+            applied_ms: 0,
+            applied_by: String::new(),
+        };
+        let resp = super::runs::write(&self.app, ctx, Command::ApplyPlaybook { playbook: stored }).await?;
+        Ok(Response::new(pb::ApplyPlaybookReply { name: pb_.name, hash: pb_.hash, log_index: resp.log_index }))
+    }
+
+    async fn list_playbooks(
+        &self,
+        _req: Request<pb::ListPlaybooksRequest>,
+    ) -> Result<Response<pb::ListPlaybooksReply>, Status> {
+        let playbooks = self
+            .app
+            .view
+            .playbooks()
+            .into_values()
+            .map(|p| pb::PlaybookInfo {
+                name: p.name,
+                hash: p.hash,
+                service: p.service,
+                applied_unix_ms: p.applied_ms,
+                applied_by: p.applied_by,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPlaybooksReply { playbooks }))
+    }
+
+    async fn plan_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::PlanReply>, Status> {
+        let r = req.into_inner();
+        let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
+        let blockers = super::runs::blockers(&self.app, &resolved).await;
+        Ok(Response::new(pb::PlanReply {
+            plan_text: crate::playbook::plan_text(&resolved),
+            blockers,
+            playbook_hash: stored.hash,
+        }))
+    }
+
+    async fn start_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: say why this cutover runs (it is recorded in the audit chain)",
+            ));
+        }
+        // A retried request (same idempotency key) returns the first run without re-checking.
+        if !ctx.request_id.is_empty()
+            && let Some(run) = self.app.view.runs().into_values().find(|x| x.idempotency_key == ctx.request_id)
+        {
+            return Ok(Response::new(super::runs::run_info(&run)));
+        }
+        let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
+        let blockers = super::runs::blockers(&self.app, &resolved).await;
+        if !blockers.is_empty() {
+            return Err(Status::failed_precondition(format!("cannot start: {}", blockers.join("; "))));
+        }
+        let run = crate::run::Run::new(
+            &super::runs::new_run_id(&resolved.service),
+            &resolved.service,
+            super::runs::run_plan(&resolved),
+            &ctx.actor,
+        );
+        let id = run.id.clone();
+        let record = command::RunRecord {
+            run,
+            playbook: stored.name,
+            playbook_hash: stored.hash,
+            params: resolved.params.clone(),
+            reason: r.reason,
+            created_ms: 0,
+            ended_ms: 0,
+            revision: 0,
+            idempotency_key: ctx.request_id.clone(),
+        };
+        let resp = super::runs::write(&self.app, ctx, Command::CreateRun { record: Box::new(record) }).await?;
+        let id = match &resp.outcome {
+            Outcome::Run { run_id } => run_id.clone(),
+            _ => id,
+        };
+        Ok(Response::new(super::runs::read_run(&self.app, &id, resp.log_index).await?))
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let id = &req.get_ref().run_id;
+        let rec = self.app.view.run(id).ok_or_else(|| Status::not_found(format!("no run {id:?}")))?;
+        Ok(Response::new(super::runs::run_info(&rec)))
+    }
+
+    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsReply>, Status> {
+        let active = req.get_ref().active_only;
+        let mut runs: Vec<_> =
+            self.app.view.runs().into_values().filter(|r| !active || !r.run.state.is_terminal()).collect();
+        runs.sort_by_key(|r| r.created_ms);
+        Ok(Response::new(pb::ListRunsReply { runs: runs.iter().map(super::runs::run_info).collect() }))
+    }
+
+    async fn watch_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<RunStream>, Status> {
+        let id = req.get_ref().run_id.clone();
+        if self.app.view.run(&id).is_none() {
+            return Err(Status::not_found(format!("no run {id:?}")));
+        }
+        let view = self.app.view.clone();
+        let mut applied = view.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                if let Some(rec) = view.run(&id)
+                    && rec.revision != last
+                {
+                    last = rec.revision;
+                    let ended = rec.ended_ms > 0;
+                    if tx.send(Ok(super::runs::run_info(&rec))).await.is_err() || ended {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn approve_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let who = ctx.actor.clone();
+        let id = req.into_inner().run_id;
+        Ok(Response::new(super::runs::act(&self.app, ctx, &id, command::RunOp::Approve { who }).await?))
+    }
+
+    async fn pause_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() { format!("paused by {}", ctx.actor) } else { r.reason };
+        Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, command::RunOp::Pause { reason }).await?))
+    }
+
+    async fn resume_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let id = req.into_inner().run_id;
+        Ok(Response::new(super::runs::act(&self.app, ctx, &id, command::RunOp::Resume).await?))
+    }
+
+    async fn abort_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() { format!("aborted by {}", ctx.actor) } else { r.reason };
+        Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, command::RunOp::Abort { reason }).await?))
+    }
+
+    async fn halt(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::ListRunsReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() { format!("halt by {}", ctx.actor) } else { format!("halt: {}", r.reason) };
+        let mut out = Vec::new();
+        for rec in self.app.view.active_runs() {
+            if matches!(rec.run.state, crate::run::RunState::Running | crate::run::RunState::AwaitingApproval) {
+                let c = Ctx { actor: ctx.actor.clone(), request_id: String::new() };
+                out.push(
+                    super::runs::act(&self.app, c, &rec.run.id, command::RunOp::Pause { reason: reason.clone() })
+                        .await?,
+                );
+            }
+        }
+        Ok(Response::new(pb::ListRunsReply { runs: out }))
+    }
 
     async fn get_health(&self, _req: Request<pb::GetHealthRequest>) -> Result<Response<pb::HealthBoard>, Status> {
         use prost::Message;

@@ -4,6 +4,7 @@
 mod agent_link;
 mod control;
 mod raft_transport;
+pub mod runs;
 
 use crate::node::AppRef;
 use drcut_proto::v1::agent_link_server::AgentLinkServer;

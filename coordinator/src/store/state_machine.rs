@@ -9,7 +9,7 @@
 
 use super::{blocking, io_err};
 use crate::audit::AuditEntry;
-use crate::command::{AgentRecord, CheckStatus, Region, RegionStatus, Response};
+use crate::command::{AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, StoredPlaybook};
 use crate::state::{Change, Core, State};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, TryStreamExt};
@@ -31,9 +31,12 @@ const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("checks");
 const REGION_HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("region_health");
+const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 
 /// The string-keyed JSON tables, in the order snapshots and loads walk them.
-const KV_TABLES: [TableDefinition<&str, &[u8]>; 6] = [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, META];
+const KV_TABLES: [TableDefinition<&str, &[u8]>; 8] =
+    [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, META];
 
 const CORE: &str = "core";
 const APPLIED: &str = "applied";
@@ -95,6 +98,10 @@ struct SnapshotBody {
     checks: BTreeMap<String, CheckStatus>,
     #[serde(default)]
     region_health: BTreeMap<String, RegionStatus>,
+    #[serde(default)]
+    playbooks: BTreeMap<String, StoredPlaybook>,
+    #[serde(default)]
+    runs: BTreeMap<String, RunRecord>,
 }
 
 impl StateMachineStore {
@@ -168,6 +175,8 @@ fn load(txn: &ReadTransaction) -> io::Result<Applied> {
         agents: read_table(txn, AGENTS)?,
         checks: read_table(txn, CHECKS)?,
         region_health: read_table(txn, REGION_HEALTH)?,
+        playbooks: read_table(txn, PLAYBOOKS)?,
+        runs: read_table(txn, RUNS)?,
         ..Default::default()
     };
     let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
@@ -217,7 +226,11 @@ fn persist(
                 Change::ForgetRequest(id) => {
                     requests.remove(id.as_str()).map_err(io_err)?;
                 }
-                Change::Agent(_) | Change::Check(_) | Change::RegionHealth(..) => {}
+                Change::Agent(_)
+                | Change::Check(_)
+                | Change::RegionHealth(..)
+                | Change::Playbook(_)
+                | Change::Run(_) => {}
             }
         }
     }
@@ -226,6 +239,8 @@ fn persist(
             Change::Agent(a) => put_row(txn, AGENTS, &a.agent_id, a)?,
             Change::Check(cs) => put_row(txn, CHECKS, &cs.key(), cs)?,
             Change::RegionHealth(name, rs) => put_row(txn, REGION_HEALTH, name, rs)?,
+            Change::Playbook(p) => put_row(txn, PLAYBOOKS, &p.hash, p)?,
+            Change::Run(r) => put_row(txn, RUNS, &r.run.id, r)?,
             _ => {}
         }
     }
@@ -277,6 +292,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 agents: mem.state.agents.clone(),
                 checks: mem.state.checks.clone(),
                 region_health: mem.state.region_health.clone(),
+                playbooks: mem.state.playbooks.clone(),
+                runs: mem.state.runs.clone(),
             };
             let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
             let meta = SnapshotMeta { last_log_id: mem.last_applied, last_membership: mem.membership };
@@ -370,7 +387,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sh = self.shared.clone();
         let mem = blocking(move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
-            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH] {
+            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS] {
                 txn.delete_table(t).map_err(io_err)?;
             }
             txn.delete_table(AUDIT).map_err(io_err)?;
@@ -384,6 +401,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .chain(body.agents.values().cloned().map(Change::Agent))
                 .chain(body.checks.values().cloned().map(Change::Check))
                 .chain(body.region_health.iter().map(|(k, v)| Change::RegionHealth(k.clone(), v.clone())))
+                .chain(body.playbooks.values().cloned().map(Change::Playbook))
+                .chain(body.runs.values().cloned().map(|r| Change::Run(Box::new(r))))
                 .collect();
             persist(&txn, &changes, &body.core, &body.last_applied, &body.membership)?;
             put_json(&txn, SNAPSHOT_META, &meta)?;
@@ -396,6 +415,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 agents: body.agents,
                 checks: body.checks,
                 region_health: body.region_health,
+                playbooks: body.playbooks,
+                runs: body.runs,
                 ..Default::default()
             };
             Ok(Applied { state: state.reindexed(), last_applied: body.last_applied, membership: body.membership })
@@ -432,6 +453,30 @@ impl StateView {
                 regions: m.state.regions.clone(),
                 region_health: m.state.region_health.clone(),
             })
+            .unwrap_or_default()
+    }
+
+    /// Stored playbooks by hash.
+    pub fn playbooks(&self) -> BTreeMap<String, StoredPlaybook> {
+        self.shared.mem.read().map(|m| m.state.playbooks.clone()).unwrap_or_default()
+    }
+
+    /// All runs by id.
+    pub fn runs(&self) -> BTreeMap<String, RunRecord> {
+        self.shared.mem.read().map(|m| m.state.runs.clone()).unwrap_or_default()
+    }
+
+    /// One run.
+    pub fn run(&self, id: &str) -> Option<RunRecord> {
+        self.shared.mem.read().ok().and_then(|m| m.state.runs.get(id).cloned())
+    }
+
+    /// Runs that have not ended.
+    pub fn active_runs(&self) -> Vec<RunRecord> {
+        self.shared
+            .mem
+            .read()
+            .map(|m| m.state.runs.values().filter(|r| !r.run.state.is_terminal()).cloned().collect())
             .unwrap_or_default()
     }
 

@@ -1,0 +1,95 @@
+//! Step commands from the coordinator: fencing, exactly-once bookkeeping, execution.
+//!
+//! A command whose fencing token is older than the newest seen comes from a deposed leader and
+//! is refused. A command for an attempt already executed gets the recorded result again (a new
+//! leader re-sends what it found in flight); one still running is not started twice.
+
+use crate::config::AgentConfig;
+use crate::steps::{self, StepContext};
+use drcut_proto::v1::{StepCommand, StepResult};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+type Key = (String, u32, i32, bool, u32);
+
+/// Executes step commands and queues their results for the session.
+pub struct Executor {
+    cfg: Arc<AgentConfig>,
+    max_token: AtomicU64,
+    done: Mutex<HashMap<Key, StepResult>>,
+    running: Mutex<HashSet<Key>>,
+    out: mpsc::UnboundedSender<StepResult>,
+}
+
+fn key(c: &StepCommand) -> Key {
+    (c.run_id.clone(), c.step_index, c.phase, c.compensation, c.attempt)
+}
+
+fn result(c: &StepCommand, ok: bool, detail: String) -> StepResult {
+    StepResult {
+        run_id: c.run_id.clone(),
+        step_index: c.step_index,
+        phase: c.phase,
+        compensation: c.compensation,
+        attempt: c.attempt,
+        fencing_token: c.fencing_token,
+        ok,
+        detail,
+        ..Default::default()
+    }
+}
+
+impl Executor {
+    /// An executor whose results go to the returned receiver (drained by the session).
+    pub fn new(cfg: Arc<AgentConfig>) -> (Arc<Executor>, mpsc::UnboundedReceiver<StepResult>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let e = Executor {
+            cfg,
+            max_token: AtomicU64::new(0),
+            done: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
+            out,
+        };
+        (Arc::new(e), rx)
+    }
+
+    /// Handles one command (returns at once; execution runs in the background).
+    pub fn handle(self: &Arc<Self>, cmd: StepCommand) {
+        let newest = self.max_token.fetch_max(cmd.fencing_token, Ordering::SeqCst);
+        if cmd.fencing_token < newest {
+            tracing::warn!(run_id = %cmd.run_id, step = %cmd.step_id, fencing_token = cmd.fencing_token, newest, "stale fencing token: refused");
+            let detail =
+                format!("stale fencing token {} < {newest}: refusing a deposed leader's command", cmd.fencing_token);
+            let _ = self.out.send(result(&cmd, false, detail));
+            return;
+        }
+        let k = key(&cmd);
+        if let Some(r) = self.done.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
+            let _ = self.out.send(StepResult { fencing_token: cmd.fencing_token, ..r.clone() });
+            return;
+        }
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, action = %cmd.action, attempt = cmd.attempt, fencing_token = cmd.fencing_token, "step start");
+            let params: serde_json::Value = serde_json::from_str(&cmd.params_json).unwrap_or(serde_json::Value::Null);
+            let ctx = StepContext {
+                resources: &this.cfg.resources,
+                timeout: Duration::from_millis(cmd.timeout_ms.max(1) as u64),
+            };
+            let o = steps::execute(&cmd.action, &params, &ctx).await;
+            tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, ok = o.ok, detail = %o.detail, "step done");
+            let mut r = result(&cmd, o.ok, o.detail);
+            r.measurements = o.measurements.into_iter().collect();
+            r.data_json = if o.data.is_null() { String::new() } else { o.data.to_string() };
+            this.done.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), r.clone());
+            this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+            let _ = this.out.send(r);
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! The run engine: the leader's loop that turns the stepper's decisions into committed intents
+//! and step commands, and agents' results into committed outcomes.
+//!
+//! Commit before acting: a step command is sent only after its `Dispatch` intent (with the
+//! fencing token) is in the log, so a new leader knows exactly what may be in flight. It
+//! re-sends in-flight work it never sent itself (same attempt: the agent answers a repeat with
+//! its recorded result) instead of starting the step over.
+
+use crate::command::{Command, HealthState, Request, RunOp, RunRecord};
+use crate::node::{AppRef, LeaderRequest, now_ms};
+use crate::run::{Decision, Work};
+use drcut_proto::v1::coordinator_message::Body as CoordBody;
+use drcut_proto::v1::{CoordinatorMessage, StepCommand, StepResult};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// Agent sessions able to take step commands, and what this leader has sent.
+#[derive(Default)]
+pub struct Engine {
+    sessions: Mutex<BTreeMap<String, (String, Outbound)>>,
+    sent: Mutex<HashSet<(String, u64, Work)>>,
+    seq: AtomicU64,
+}
+
+impl Engine {
+    /// A session opened on this (leading) node.
+    pub fn attach(&self, agent: &str, region: &str, tx: Outbound) {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.to_string(), (region.to_string(), tx));
+    }
+
+    /// A session closed (a newer session of the same agent stays attached).
+    pub fn detach(&self, agent: &str, tx: &Outbound) {
+        let mut g = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(agent).is_some_and(|(_, t)| t.same_channel(tx)) {
+            g.remove(agent);
+        }
+    }
+
+    fn agent_for(&self, region: &str) -> Option<(String, Outbound)> {
+        let g = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().find(|(_, (r, tx))| r == region && !tx.is_closed()).map(|(a, (_, tx))| (a.clone(), tx.clone()))
+    }
+
+    /// A fencing token newer than any this cluster issued before: the term in the high bits
+    /// (a new leader has a higher term), a per-leader counter below.
+    fn token(&self, term: u64) -> u64 {
+        (term << 32) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+    }
+}
+
+fn command(rec: &RunRecord, w: &Work, token: u64) -> Option<(String, StepCommand)> {
+    let step = rec.run.plan.steps.get(w.step)?;
+    let act = if w.compensation { step.compensate.clone()? } else { step.act.clone() };
+    // Recompute the params exactly as decide() would for this work (percent, frozen LSN).
+    let mut with = act.with.clone();
+    if let (Some(p), Some(obj)) = (w.phase, with.as_object_mut()) {
+        obj.insert("percent".into(), serde_json::json!(step.phases[p]));
+    }
+    if w.compensation
+        && act.action == "shift_traffic"
+        && let Some(obj) = with.as_object_mut()
+    {
+        obj.insert("percent".into(), serde_json::json!(0));
+    }
+    if act.action == "wait_replication"
+        && let Some(obj) = with.as_object_mut()
+        && !obj.contains_key("lsn")
+        && let Some(lsn) = rec.run.outputs.values().find_map(|o| o.get("frozen_lsn").cloned())
+    {
+        obj.insert("lsn".into(), lsn);
+    }
+    Some((
+        act.region.clone(),
+        StepCommand {
+            run_id: rec.run.id.clone(),
+            step_id: step.id.clone(),
+            step_index: w.step as u32,
+            phase: w.phase.map(|p| p as i32).unwrap_or(-1),
+            compensation: w.compensation,
+            attempt: w.attempt,
+            fencing_token: token,
+            action: act.action.clone(),
+            params_json: with.to_string(),
+            timeout_ms: step.timeout_ms as u32,
+        },
+    ))
+}
+
+async fn commit(app: &AppRef, run_id: &str, op: RunOp) -> Result<(), Status> {
+    let cmd = Command::UpdateRun { run_id: run_id.to_string(), op };
+    let req = Request { request_id: String::new(), actor: "engine".into(), at_ms: 0, cmd };
+    app.execute(LeaderRequest::Write(req)).await.map(|_| ())
+}
+
+fn send(app: &AppRef, rec: &RunRecord, w: &Work, token: u64) -> bool {
+    let Some((region, cmd)) = command(rec, w, token) else { return false };
+    let Some((agent, tx)) = app.engine.agent_for(&region) else {
+        tracing::warn!(run_id = %rec.run.id, step = %cmd.step_id, %region, "no agent connected for the step's region");
+        return false;
+    };
+    tracing::info!(run_id = %rec.run.id, step = %cmd.step_id, action = %cmd.action, %region, %agent, attempt = w.attempt, fencing_token = token, "step sent");
+    tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) })).is_ok()
+}
+
+/// One pass over the active runs.
+async fn tick(app: &AppRef, term: u64) {
+    let now = now_ms();
+    for rec in app.view.active_runs() {
+        let id = rec.run.id.clone();
+        let res = match rec.run.decide(now) {
+            Decision::Wait(_) => {
+                if let Some(f) = &rec.run.in_flight {
+                    let key = (id.clone(), term, f.work.clone());
+                    let fresh = !app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).contains(&key);
+                    if fresh && send(app, &rec, &f.work, app.engine.token(term)) {
+                        app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                    }
+                }
+                Ok(())
+            }
+            Decision::Dispatch { work, act, .. } => {
+                if act.action == "approval" {
+                    let op = RunOp::Pause {
+                        reason: format!(
+                            "step {}: waiting for an operator (drctl resume)",
+                            rec.run.plan.steps[work.step].id
+                        ),
+                    };
+                    commit(app, &id, op).await
+                } else {
+                    let token = app.engine.token(term);
+                    match commit(app, &id, RunOp::Dispatch { work: work.clone(), token }).await {
+                        Ok(()) => {
+                            if let Some(rec) = app.view.run(&id)
+                                && rec.run.in_flight.as_ref().is_some_and(|f| f.work == work)
+                                && send(app, &rec, &work, token)
+                            {
+                                app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).insert((
+                                    id.clone(),
+                                    term,
+                                    work,
+                                ));
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            Decision::TimedOut(work) => {
+                let region = rec.run.plan.steps[work.step].act.region.clone();
+                let connected = app.engine.agent_for(&region).is_some();
+                let detail = format!(
+                    "no result within {} ms{}",
+                    rec.run.plan.steps[work.step].timeout_ms,
+                    if connected { String::new() } else { format!(" (no agent connected in {region})") }
+                );
+                let op = RunOp::Result {
+                    work,
+                    ok: false,
+                    detail,
+                    measurements: BTreeMap::new(),
+                    data: serde_json::Value::Null,
+                };
+                commit(app, &id, op).await
+            }
+            Decision::Gate { step, region, .. } => {
+                let rep = app.view.health();
+                let state = app
+                    .hub
+                    .region_states(&rep)
+                    .into_iter()
+                    .find(|(r, _)| *r == region)
+                    .map(|(_, s)| s)
+                    .unwrap_or_default();
+                let require = rec.run.plan.steps[step].gate_require.as_str();
+                let ok = match require {
+                    "not_down" => matches!(state, HealthState::Up | HealthState::Degraded),
+                    _ => state == HealthState::Up,
+                };
+                let detail = format!("region {region} is {} (gate requires {require})", state.as_str());
+                commit(app, &id, RunOp::Gate { ok, detail }).await
+            }
+            Decision::Finish(state) => commit(app, &id, RunOp::Finish { state }).await,
+        };
+        if let Err(e) = res {
+            tracing::debug!(run_id = %id, "engine: {e}");
+        }
+    }
+}
+
+/// Commits an agent's result (late or stale results change nothing in apply).
+pub async fn on_result(app: &AppRef, r: StepResult) {
+    let work = Work {
+        step: r.step_index as usize,
+        phase: (r.phase >= 0).then_some(r.phase as usize),
+        compensation: r.compensation,
+        attempt: r.attempt,
+    };
+    let data = serde_json::from_str(&r.data_json).unwrap_or(serde_json::Value::Null);
+    let op =
+        RunOp::Result { work, ok: r.ok, detail: r.detail, measurements: r.measurements.into_iter().collect(), data };
+    if let Err(e) = commit(app, &r.run_id, op).await {
+        tracing::warn!(run_id = %r.run_id, "step result not committed: {e}");
+    }
+}
+
+/// The engine loop: acts only while this node leads.
+pub async fn run(app: AppRef) {
+    let mut tick_every = tokio::time::interval(Duration::from_millis(20));
+    tick_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick_every.tick().await;
+        if !app.raft.is_leader() {
+            continue;
+        }
+        let term = app.metrics().current_term;
+        tick(&app, term).await;
+    }
+}

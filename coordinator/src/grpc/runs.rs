@@ -1,0 +1,185 @@
+//! Run and playbook RPCs of the `Control` service (the handlers the trait impl delegates to).
+
+use crate::command::{self, Command, Outcome, RunOp, RunRecord};
+use crate::node::{AppRef, Ctx, LeaderReply, LeaderRequest};
+use crate::run::RunState;
+use drcut_proto::v1 as pb;
+use tonic::Status;
+
+/// The proto view of a run.
+pub fn run_info(rec: &RunRecord) -> pb::RunInfo {
+    let (state, reason) = state_text(&rec.run.state);
+    pb::RunInfo {
+        run_id: rec.run.id.clone(),
+        service: rec.run.service.clone(),
+        playbook: rec.playbook.clone(),
+        playbook_hash: rec.playbook_hash.clone(),
+        requester: rec.run.requester.clone(),
+        reason: rec.reason.clone(),
+        state: state.into(),
+        state_reason: reason,
+        created_unix_ms: rec.created_ms,
+        ended_unix_ms: rec.ended_ms,
+        record_json: serde_json::to_string(rec).unwrap_or_default(),
+        revision: rec.revision,
+    }
+}
+
+/// State name and reason.
+pub fn state_text(s: &RunState) -> (&'static str, String) {
+    match s {
+        RunState::AwaitingApproval => ("awaiting_approval", String::new()),
+        RunState::Running => ("running", String::new()),
+        RunState::Paused { reason } => ("paused", reason.clone()),
+        RunState::RollingBack { reason } => ("rolling_back", reason.clone()),
+        RunState::Succeeded => ("succeeded", String::new()),
+        RunState::RolledBack { reason } => ("rolled_back", reason.clone()),
+        RunState::Aborted { reason } => ("aborted", reason.clone()),
+    }
+}
+
+/// Proposes a command through the leader and maps refusals to gRPC codes.
+pub async fn write(app: &AppRef, ctx: Ctx, cmd: Command) -> Result<command::Response, Status> {
+    let req = command::Request { request_id: ctx.request_id, actor: ctx.actor, at_ms: 0, cmd };
+    let LeaderReply::Write(resp) = app.leader_call(LeaderRequest::Write(req), false).await? else {
+        return Err(Status::internal("unexpected reply to a write"));
+    };
+    if let Outcome::Rejected { reason, message } = &resp.outcome {
+        return Err(match reason {
+            command::Rejection::InvalidArgument => Status::invalid_argument(message.clone()),
+            command::Rejection::AlreadyExists => Status::already_exists(message.clone()),
+            command::Rejection::FailedPrecondition => Status::failed_precondition(message.clone()),
+        });
+    }
+    Ok(resp)
+}
+
+/// The run as this node has applied it, waiting until it has applied `index`.
+pub async fn read_run(app: &AppRef, id: &str, index: u64) -> Result<pb::RunInfo, Status> {
+    let _ =
+        app.raft.wait(Some(std::time::Duration::from_secs(2))).applied_index_at_least(Some(index), "run read").await;
+    app.view.run(id).map(|r| run_info(&r)).ok_or_else(|| Status::not_found(format!("no run {id:?}")))
+}
+
+/// An operator action on a run.
+pub async fn act(app: &AppRef, ctx: Ctx, run_id: &str, op: RunOp) -> Result<pb::RunInfo, Status> {
+    if app.view.run(run_id).is_none() {
+        return Err(Status::not_found(format!("no run {run_id:?}")));
+    }
+    let resp = write(app, ctx, Command::UpdateRun { run_id: run_id.to_string(), op }).await?;
+    read_run(app, run_id, resp.log_index).await
+}
+
+/// The run plan a run pins, from a resolved playbook.
+pub fn run_plan(r: &crate::playbook::ResolvedPlaybook) -> crate::run::RunPlan {
+    use crate::run::{Action as RAction, OnFailure as ROn, PlanStep, RunPlan};
+    let steps = r
+        .steps
+        .iter()
+        .map(|s| PlanStep {
+            id: s.id.clone(),
+            act: RAction {
+                action: s.action.as_str().to_string(),
+                region: s.region.clone().unwrap_or_default(),
+                with: s.with.clone(),
+            },
+            timeout_ms: s.timeout.as_millis() as u64,
+            retries: s.retries,
+            retry_backoff_ms: s.retry_backoff.as_millis() as u64,
+            on_failure: match s.on_failure {
+                crate::playbook::OnFailure::Abort => ROn::Abort,
+                crate::playbook::OnFailure::Rollback => ROn::Rollback,
+                crate::playbook::OnFailure::Pause => ROn::Pause,
+            },
+            compensate: s.compensate.as_ref().map(|c| RAction {
+                action: c.action.as_str().to_string(),
+                region: c.region.clone(),
+                with: c.with.clone(),
+            }),
+            phases: s.phases.clone(),
+            dwell_ms: s.dwell.as_millis() as u64,
+            gate_region: s.gate.as_ref().map(|g| g.region.clone()),
+            gate_require: s.gate.as_ref().map(|g| g.require.as_str().to_string()).unwrap_or_else(|| "up".into()),
+        })
+        .collect();
+    RunPlan { steps, point_of_no_return: r.point_of_no_return(), approvals_required: r.approvals_required }
+}
+
+/// Finds a stored playbook by name (latest applied) or hash.
+pub fn find_playbook(app: &AppRef, key: &str) -> Result<command::StoredPlaybook, Status> {
+    let all = app.view.playbooks();
+    if let Some(p) = all.get(key) {
+        return Ok(p.clone());
+    }
+    all.values()
+        .filter(|p| p.name == key)
+        .max_by_key(|p| p.applied_ms)
+        .cloned()
+        .ok_or_else(|| Status::not_found(format!("no playbook {key:?}; apply it first (drctl playbook apply FILE)")))
+}
+
+/// Resolves a stored playbook against the cluster's regions.
+pub fn resolve(
+    app: &AppRef,
+    key: &str,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<(command::StoredPlaybook, crate::playbook::ResolvedPlaybook), Status> {
+    let stored = find_playbook(app, key)?;
+    let pb =
+        crate::playbook::Playbook::parse(&stored.name, &stored.text).map_err(|e| Status::internal(e.to_string()))?;
+    let params: std::collections::BTreeMap<String, String> = params.clone().into_iter().collect();
+    let known: Vec<String> = app.view.regions().into_iter().map(|r| r.name).collect();
+    let resolved =
+        crate::playbook::validate_regions(&pb, &params, &known).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((stored, resolved))
+}
+
+/// What stands in the way of starting now (empty: nothing).
+pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> Vec<String> {
+    use prost::Message;
+    let mut out = Vec::new();
+    if let Some(holder) = app.view.active_runs().into_iter().find(|x| x.run.service == r.service) {
+        out.push(format!("run {} holds service {} ({})", holder.run.id, r.service, state_text(&holder.run.state).0));
+    }
+    let board = match app.leader_call(LeaderRequest::Health, false).await {
+        Ok(LeaderReply::Health(bytes)) => pb::HealthBoard::decode(bytes.as_slice()).ok(),
+        _ => None,
+    };
+    let Some(board) = board else {
+        out.push("health unknown: no leader reachable".into());
+        return out;
+    };
+    if let Some(target) = &r.preconditions.target_region {
+        match board.regions.iter().find(|x| &x.region == target) {
+            Some(h) if h.state == "up" => {}
+            Some(h) => out.push(format!("target region {target} is {} ({})", h.state, h.reason)),
+            None => out.push(format!("target region {target} has no health yet")),
+        }
+        if let Some(budget) = r.preconditions.max_lag_seconds {
+            let lag = board
+                .regions
+                .iter()
+                .filter(|x| &x.region == target)
+                .flat_map(|x| x.checks.iter())
+                .filter(|c| !c.stale)
+                .filter_map(|c| c.values.get("lag_seconds").copied())
+                .fold(None::<f64>, |m, v| Some(m.map_or(v, |m| m.max(v))));
+            match lag {
+                Some(l) if l > budget as f64 => {
+                    out.push(format!("replication lag {l:.1} s exceeds the budget of {budget} s"))
+                }
+                Some(_) => {}
+                None => out.push(format!(
+                    "no replication lag measured in {target} (a postgres check on the standby is needed)"
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// A new run id: time-ordered and readable.
+pub fn new_run_id(service: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{service}-{}-{:04x}", now.as_secs(), (now.subsec_nanos() >> 8) & 0xffff)
+}

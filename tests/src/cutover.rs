@@ -1,0 +1,253 @@
+//! The cutover environment: 3 coordinator nodes, regions eu-west (PostgreSQL primary, app) and
+//! eu-central (streaming standby, app), a PowerDNS serving the GSLB name and the database
+//! endpoint name, and one agent per region. Plus a canary writer that records every
+//! acknowledged write, the measure of RPO.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::time::Instant;
+
+use crate::health::{HEALTH_WAIT, agent_yaml, wait_region};
+use crate::{AgentProc, Cluster, Pdns, PgPair, TestHttp};
+
+/// Fast health for tests.
+pub const HEALTH: &str = "health:\n  down_after: 2\n  up_after: 2\n  tick_ms: 100\n";
+
+/// Everything a cutover test needs, torn down on drop.
+pub struct Env {
+    /// The coordinators.
+    pub cluster: Cluster,
+    /// Primary (eu-west) and standby (eu-central).
+    pub pg: PgPair,
+    /// The GSLB.
+    pub dns: Pdns,
+    /// eu-west's app.
+    pub west_app: TestHttp,
+    /// eu-central's app.
+    pub central_app: TestHttp,
+    /// The agents.
+    pub agents: Vec<AgentProc>,
+    block: u8,
+}
+
+impl Env {
+    /// The eu-west address (primary DB, app, GSLB answer).
+    pub fn west_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.block, 10)
+    }
+
+    /// The eu-central address.
+    pub fn central_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.block, 11)
+    }
+
+    /// Starts everything in address block `block` and waits until both regions are up.
+    pub async fn start(block: u8) -> Result<Env> {
+        let cluster = Cluster::builder(block).nodes(3).extra_yaml(HEALTH).start().await?;
+        let leader = cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
+        cluster.add_region(leader, "eu-west").await?;
+        cluster.add_region(leader, "eu-central").await?;
+        let west = Ipv4Addr::new(127, 0, block, 10);
+        let central = Ipv4Addr::new(127, 0, block, 11);
+        let pg = PgPair::start(west, central).await?;
+        pg.exec_primary("CREATE TABLE canary (id bigint PRIMARY KEY, at timestamptz DEFAULT now())").await?;
+        let dns = Pdns::start(Ipv4Addr::new(127, 0, block, 20)).await?;
+        dns.create_zone("gslb.example.").await?;
+        dns.set_a("wallet.gslb.example.", &[west], 5).await?;
+        dns.set_a("wallet-db.gslb.example.", &[west], 5).await?;
+        let west_app = TestHttp::start(SocketAddr::from((west, 0))).await?;
+        let central_app = TestHttp::start(SocketAddr::from((central, 0))).await?;
+        let coords: Vec<String> = [1, 2, 3].iter().map(|&i| cluster.addr(i).to_string()).collect();
+        let resources = |db: &str, peer: Option<&str>, app: &TestHttp| {
+            let mut y = format!(
+                "resources:\n  postgres:\n    wallet-db: {{ dsn: \"{db}\" }}\n{}  dns:\n    gslb: {{ server: \"{}\", api_url: \"{}\", api_key_env: PDNS_API_KEY }}\n  http:\n    wallet-api: {{ base_url: \"{}\" }}\n",
+                peer.map(|p| format!("    wallet-db-peer: {{ dsn: \"{p}\" }}\n")).unwrap_or_default(),
+                dns.dns_addr(),
+                dns.api_url(),
+                app.url("/").trim_end_matches('/')
+            );
+            y.push_str("checks:\n  - { name: app, type: http, resource: wallet-api, path: /health, interval_ms: 200, slo: [\"p95_ms <= 300\"] }\n");
+            y
+        };
+        let mut west_yaml = resources(&pg.primary_dsn(), None, &west_app);
+        west_yaml.push_str("  - { name: db, type: postgres, resource: wallet-db, interval_ms: 200 }\n");
+        let mut central_yaml = resources(&pg.standby_dsn(), Some(&pg.primary_dsn()), &central_app);
+        central_yaml.push_str(
+            "  - { name: db, type: postgres, resource: wallet-db, primary: wallet-db-peer, interval_ms: 200, slo: [\"lag_seconds <= 5\"] }\n",
+        );
+        let env = [("PDNS_API_KEY", dns.api_key())];
+        let a_west = AgentProc::start(
+            cluster.dir(),
+            "agent-eu-west",
+            &agent_yaml("agent-eu-west", "eu-west", &coords, &west_yaml),
+            &env,
+        )?;
+        let a_central = AgentProc::start(
+            cluster.dir(),
+            "agent-eu-central",
+            &agent_yaml("agent-eu-central", "eu-central", &coords, &central_yaml),
+            &env,
+        )?;
+        wait_region(&cluster, leader, "eu-west", "up", HEALTH_WAIT).await?;
+        wait_region(&cluster, leader, "eu-central", "up", HEALTH_WAIT).await?;
+        Ok(Env { cluster, pg, dns, west_app, central_app, agents: vec![a_west, a_central], block })
+    }
+
+    /// The playbook text for this environment: the design's order, phases 25/100.
+    pub fn playbook(&self, approvals: u32, dwell: &str) -> String {
+        let (w, c) = (self.west_ip(), self.central_ip());
+        format!(
+            r#"apiVersion: drcut/v1
+kind: Playbook
+metadata:
+  name: wallet-test-cutover
+  description: Test cutover of the wallet service.
+spec:
+  service: wallet
+  parameters:
+    source: {{ kind: region, default: eu-west }}
+    target: {{ kind: region, default: eu-central }}
+  approvals: {{ required: {approvals} }}
+  targets: {{ rpo_seconds: 0, rto_seconds: 60 }}
+  preconditions: {{ target_region: "${{target}}", max_lag_seconds: 5 }}
+  defaults: {{ timeout: 15s, retries: 1, retry_backoff: 200ms, on_failure: rollback }}
+  steps:
+    - id: freeze
+      action: freeze_writes
+      region: ${{source}}
+      with: {{ database: wallet-db }}
+      compensate: {{ action: unfreeze_writes, region: "${{source}}", with: {{ database: wallet-db }} }}
+    - id: catch-up
+      action: wait_replication
+      region: ${{target}}
+      with: {{ database: wallet-db }}
+    - id: fence
+      action: fence
+      region: ${{source}}
+      with: {{ database: wallet-db }}
+    - id: promote
+      action: promote_db
+      region: ${{target}}
+      with: {{ database: wallet-db }}
+      on_failure: pause
+    - id: repoint
+      action: repoint_clients
+      region: ${{target}}
+      with: {{ dns: gslb, zone: gslb.example., name: wallet-db.gslb.example., answers: ["{c}"], ttl: 5 }}
+      on_failure: pause
+    - id: unfreeze
+      action: unfreeze_writes
+      region: ${{target}}
+      with: {{ database: wallet-db }}
+      on_failure: pause
+    - id: warm
+      action: warm_caches
+      region: ${{target}}
+      with: {{ http: wallet-api, paths: [/health], until_p95_ms: 300 }}
+      on_failure: pause
+    - id: shift
+      action: shift_traffic
+      region: ${{target}}
+      with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{w}"], to: ["{c}"], ttl: 5, verify: {{ queries: 100, tolerance: 0.15 }} }}
+      phases: [25, 100]
+      dwell: {dwell}
+      gate: {{ region: "${{target}}", require: up }}
+      compensate: {{ action: shift_traffic, region: "${{target}}", with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{w}"], to: ["{c}"], ttl: 5 }} }}
+    - id: smoke
+      action: smoke
+      region: ${{target}}
+      with: {{ http: wallet-api, paths: [/health] }}
+      on_failure: pause
+"#
+        )
+    }
+
+    /// Writes the playbook into the test dir and returns its path.
+    pub fn write_playbook(&self, approvals: u32, dwell: &str) -> Result<String> {
+        let p = self.cluster.dir().join(format!("playbook-{approvals}-{dwell}.yaml"));
+        std::fs::write(&p, self.playbook(approvals, dwell))?;
+        Ok(p.display().to_string())
+    }
+}
+
+/// What the canary writer saw.
+#[derive(Debug, Default, Clone)]
+pub struct CanaryLog {
+    /// Ids whose insert was acknowledged (committed without error).
+    pub acked: Vec<i64>,
+    /// Per write: (start, ok) relative to the writer's start.
+    pub attempts: Vec<(Duration, bool)>,
+}
+
+impl CanaryLog {
+    /// The longest stretch without an acknowledged write, between the first failure and the
+    /// next success: the client-visible write-unavailability window.
+    pub fn longest_gap(&self) -> Duration {
+        let mut gap = Duration::ZERO;
+        let mut last_ok: Option<Duration> = None;
+        for (t, ok) in &self.attempts {
+            if *ok {
+                if let Some(l) = last_ok {
+                    gap = gap.max(t.saturating_sub(l));
+                }
+                last_ok = Some(*t);
+            }
+        }
+        gap
+    }
+}
+
+/// A writer that resolves the database endpoint name through the GSLB for every write (as an
+/// application with a short DNS TTL would) and inserts numbered rows until stopped.
+pub fn canary(
+    dns_addr: SocketAddr,
+    ports: BTreeMap<Ipv4Addr, u16>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Result<CanaryLog>> {
+    let log = Arc::new(Mutex::new(CanaryLog::default()));
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let resolver = crate::pdns::resolver(dns_addr)?;
+        let mut id = 0i64;
+        let mut client: Option<(Ipv4Addr, tokio_postgres::Client)> = None;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            id += 1;
+            let t = start.elapsed();
+            let ip = crate::pdns::query_a_at(&resolver, "wallet-db.gslb.example.")
+                .await
+                .ok()
+                .and_then(|l| l.first().copied());
+            let ok = async {
+                let ip = ip.context("no answer")?;
+                if client.as_ref().is_none_or(|(cip, c)| *cip != ip || c.is_closed()) {
+                    let port = ports.get(&ip).context("unknown address")?;
+                    let dsn = format!("host={ip} port={port} user=postgres dbname=postgres connect_timeout=2");
+                    client = Some((ip, crate::pg::connect(&dsn).await?));
+                }
+                let (_, c) = client.as_ref().context("client")?;
+                tokio::time::timeout(Duration::from_secs(2), c.execute("INSERT INTO canary (id) VALUES ($1)", &[&id]))
+                    .await
+                    .context("insert timed out")??;
+                anyhow::Ok(())
+            }
+            .await;
+            if ok.is_err() {
+                client = None;
+            }
+            {
+                let mut g = log.lock().unwrap();
+                if ok.is_ok() {
+                    g.acked.push(id);
+                }
+                g.attempts.push((t, ok.is_ok()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let g = log.lock().unwrap().clone();
+        Ok(g)
+    })
+}
