@@ -82,7 +82,10 @@ impl Executor {
                 resources: &this.cfg.resources,
                 timeout: Duration::from_millis(cmd.timeout_ms.max(1) as u64),
             };
-            let o = steps::execute(&cmd.action, &params, &ctx).await;
+            let started = tokio::time::Instant::now();
+            let mut o = steps::execute(&cmd.action, &params, &ctx).await;
+            // Time inside the action, so a run can tell the coordinator's own overhead apart.
+            o.measurements.insert("exec_ms".into(), started.elapsed().as_secs_f64() * 1000.0);
             tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, ok = o.ok, detail = %o.detail, "step done");
             let mut r = result(&cmd, o.ok, o.detail);
             r.measurements = o.measurements.into_iter().collect();

@@ -213,10 +213,16 @@ pub async fn on_result(app: &AppRef, r: StepResult) {
 
 /// The engine loop: acts only while this node leads.
 pub async fn run(app: AppRef) {
-    let mut tick_every = tokio::time::interval(Duration::from_millis(20));
+    // Wake on every applied entry (a result or an operator action is in: decide at once) and
+    // on a timer for time-based decisions (timeouts, backoff, dwell ends).
+    let mut applied = app.view.subscribe();
+    let mut tick_every = tokio::time::interval(Duration::from_millis(50));
     tick_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick_every.tick().await;
+        tokio::select! {
+            _ = tick_every.tick() => {}
+            r = applied.changed() => if r.is_err() { return },
+        }
         if !app.raft.is_leader() {
             continue;
         }

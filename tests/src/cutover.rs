@@ -99,6 +99,11 @@ impl Env {
 
     /// The playbook text for this environment: the design's order, phases 25/100.
     pub fn playbook(&self, approvals: u32, dwell: &str) -> String {
+        self.playbook_with(approvals, dwell, "[25, 100]")
+    }
+
+    /// The playbook with the given shift phases (e.g. `[100]` for the instant profile).
+    pub fn playbook_with(&self, approvals: u32, dwell: &str, phases: &str) -> String {
         let (w, c) = (self.west_ip(), self.central_ip());
         format!(
             r#"apiVersion: drcut/v1
@@ -153,7 +158,7 @@ spec:
       action: shift_traffic
       region: ${{target}}
       with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{w}"], to: ["{c}"], ttl: 5, verify: {{ queries: 100, tolerance: 0.15 }} }}
-      phases: [25, 100]
+      phases: {phases}
       dwell: {dwell}
       gate: {{ region: "${{target}}", require: up }}
       compensate: {{ action: shift_traffic, region: "${{target}}", with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{w}"], to: ["{c}"], ttl: 5 }} }}
