@@ -15,17 +15,18 @@ pub const DRCTL: &str = "drctl";
 /// The region agent.
 pub const AGENT: &str = "drcut-agent";
 
-/// The directory holding the built binaries: `$DRCUT_BIN_DIR`, else the test executable's
-/// grandparent (the cargo profile dir).
+/// The directory holding the built binaries: `$DRCUT_BIN_DIR`, else the cargo profile dir the
+/// running executable belongs to.
 pub fn bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("DRCUT_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .with_context(|| format!("no profile dir above {}", exe.display()))
+    let dir = exe.parent().with_context(|| format!("no dir above {}", exe.display()))?;
+    // Test executables live in target/<profile>/deps; the harness's own binaries (bench,
+    // demo) beside the others in target/<profile>.
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir };
+    Ok(dir.to_path_buf())
 }
 
 /// The path of binary `name`, failing with the command that builds it when it is missing.
