@@ -648,8 +648,30 @@ async fn wait_replication(
     let c = db.connect().await?;
     let sql = "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text";
     let stmt = db.within("preparing the poll", c.prepare(sql)).await?;
+    // The last position seen: (replay, bytes remaining, what they are measured against).
+    let mut last: Option<(u64, u64, String)> = None;
+    let timed_out = |(replay, remaining, against): (u64, u64, String)| StepOutcome {
+        ok: false,
+        detail: format!(
+            "wait_replication: {}: replay at {} still {remaining} byte(s) short of {against} (budget {}) after {:.0} ms",
+            db.name,
+            format_lsn(replay),
+            p.max_lag_bytes,
+            ms_since(start)
+        ),
+        measurements: measurements(&[("wait_ms", ms_since(start)), ("remaining_bytes", remaining as f64)]),
+        data: json!({ "replay_lsn": format_lsn(replay) }),
+    };
     loop {
-        let row = db.within("reading the replay position", c.query_one(&stmt, &[])).await?;
+        // A poll cut off by the deadline (a slow answer) still reports the last position seen.
+        let row = match tokio::time::timeout_at(deadline, c.query_one(&stmt, &[])).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => return Err(db.pg_fail("reading the replay position", &e)),
+            Err(_) => match last {
+                Some(l) => return Ok(timed_out(l)),
+                None => return Err(db.other("reading the replay position: no answer before the step's deadline")),
+            },
+        };
         if !row.get::<_, bool>(0) {
             return promoted_has(&db, &c, target, start).await;
         }
@@ -675,20 +697,9 @@ async fn wait_replication(
             });
         }
         if Instant::now() + POLL >= deadline {
-            return Ok(StepOutcome {
-                ok: false,
-                detail: format!(
-                    "wait_replication: {}: replay at {} still {remaining} byte(s) short of {against} \
-                     (budget {}) after {:.0} ms",
-                    db.name,
-                    format_lsn(replay),
-                    p.max_lag_bytes,
-                    ms_since(start)
-                ),
-                measurements: measurements(&[("wait_ms", ms_since(start)), ("remaining_bytes", remaining as f64)]),
-                data: json!({ "replay_lsn": format_lsn(replay) }),
-            });
+            return Ok(timed_out((replay, remaining, against)));
         }
+        last = Some((replay, remaining, against));
         tokio::time::sleep(POLL).await;
     }
 }

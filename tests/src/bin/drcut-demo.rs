@@ -22,8 +22,12 @@ fn drctl(env: &Env, args: &[&str]) -> Result<std::process::ExitStatus> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    println!("==> starting: 3 coordinators on 127.0.{BLOCK}.1-3, PostgreSQL primary (eu-west, 127.0.{BLOCK}.10) + standby (eu-central, .11), PowerDNS (.20), apps, 2 agents");
-    let env = Env::start(BLOCK).await.context("starting the sandbox (run scripts/demo, which installs PostgreSQL and PowerDNS)")?;
+    println!(
+        "==> starting: 3 coordinators on 127.0.{BLOCK}.1-3, PostgreSQL primary (eu-west, 127.0.{BLOCK}.10) + standby (eu-central, .11), PowerDNS (.20), apps, 2 agents"
+    );
+    let env = Env::start(BLOCK)
+        .await
+        .context("starting the sandbox (run scripts/demo, which installs PostgreSQL and PowerDNS)")?;
     let eps = env.cluster.endpoints(&[1, 2, 3]);
     println!("==> both regions healthy; the coordinators see:");
     drctl(&env, &["status"])?;
@@ -35,7 +39,10 @@ async fn main() -> Result<()> {
     drctl(&env, &["plan", "wallet-test-cutover"])?;
 
     println!("\n==> a canary writer inserts numbered rows through the GSLB name wallet-db.gslb.example.");
-    let ports = BTreeMap::from([(env.west_ip(), env.pg.primary_addr().port()), (env.central_ip(), env.pg.standby_addr().port())]);
+    let ports = BTreeMap::from([
+        (env.west_ip(), env.pg.primary_addr().port()),
+        (env.central_ip(), env.pg.standby_addr().port()),
+    ]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = canary(env.dns.dns_addr(), ports, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -53,7 +60,10 @@ async fn main() -> Result<()> {
     println!("    longest write gap seen by the client: {} ms", log.longest_gap().as_millis());
     println!("    wallet.gslb.example.    -> {:?}", env.dns.query_a("wallet.gslb.example.").await?);
     println!("    wallet-db.gslb.example. -> {:?}", env.dns.query_a("wallet-db.gslb.example.").await?);
-    println!("    old primary refuses writes: {}", env.pg.exec_primary("INSERT INTO canary (id) VALUES (-1)").await.is_err());
+    println!(
+        "    old primary refuses writes: {}",
+        env.pg.exec_primary("INSERT INTO canary (id) VALUES (-1)").await.is_err()
+    );
 
     if std::io::stdin().is_terminal() {
         let bin = drcut_tests::bins::bin_path(drcut_tests::bins::DRCTL)?;
