@@ -739,7 +739,8 @@ async fn run_action(cli: &Cli, client: &Client, act: RunAct, run: &str, reason: 
 
 fn run_json(i: &pb::RunInfo) -> Value {
     let record: Value = serde_json::from_str(&i.record_json).unwrap_or(Value::Null);
-    json!({"run_id": i.run_id, "service": i.service, "playbook": i.playbook, "playbook_hash": i.playbook_hash,
+    let figures = run_figures(&record);
+    json!({"figures": figures,"run_id": i.run_id, "service": i.service, "playbook": i.playbook, "playbook_hash": i.playbook_hash,
            "requester": i.requester, "reason": i.reason, "state": i.state, "state_reason": i.state_reason,
            "created_unix_ms": i.created_unix_ms, "ended_unix_ms": i.ended_unix_ms, "revision": i.revision, "record": record})
 }
@@ -779,9 +780,43 @@ fn print_run(cli: &Cli, i: &pb::RunInfo) {
             a["detail"].as_str().unwrap_or_default()
         );
     }
+    let f = run_figures(&rec);
     if i.ended_unix_ms > 0 {
-        println!("total {} ms", i.ended_unix_ms - i.created_unix_ms);
+        println!("total (RTO) {} ms", i.ended_unix_ms - i.created_unix_ms);
     }
+    for (k, v) in f.as_object().into_iter().flatten() {
+        println!("{k}: {v}");
+    }
+}
+
+/// Figures an operator reads after a run: the write window (freeze → unfreeze), how far the
+/// standby was from the frozen LSN (RPO in bytes), DNS convergence.
+fn run_figures(rec: &Value) -> Value {
+    let steps = rec["run"]["plan"]["steps"].as_array().cloned().unwrap_or_default();
+    let history = rec["run"]["history"].as_array().cloned().unwrap_or_default();
+    let action = |a: &Value| {
+        let idx = a["work"]["step"].as_u64().unwrap_or(0) as usize;
+        steps.get(idx).and_then(|s| s["act"]["action"].as_str()).unwrap_or_default().to_string()
+    };
+    let ok = |name: &str| {
+        history
+            .iter()
+            .filter(|a| a["ok"] == true && a["work"]["compensation"] != true && action(a) == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut out = serde_json::Map::new();
+    if let (Some(f), Some(u)) = (ok("freeze_writes").first().cloned(), ok("unfreeze_writes").last().cloned()) {
+        let ms = u["finished_ms"].as_i64().unwrap_or(0) - f["started_ms"].as_i64().unwrap_or(0);
+        out.insert("write_unavailability_ms".into(), json!(ms));
+    }
+    if let Some(w) = ok("wait_replication").last() {
+        out.insert("rpo_bytes_short_of_frozen_lsn".into(), w["measurements"]["remaining_bytes"].clone());
+    }
+    if let Some(r) = ok("repoint_clients").last() {
+        out.insert("dns_repoint_converged_ms".into(), r["measurements"]["converged_ms"].clone());
+    }
+    Value::Object(out)
 }
 
 async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {

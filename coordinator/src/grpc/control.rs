@@ -235,12 +235,13 @@ impl Control for ControlService {
     async fn plan_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::PlanReply>, Status> {
         let r = req.into_inner();
         let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
-        let blockers = super::runs::blockers(&self.app, &resolved).await;
-        Ok(Response::new(pb::PlanReply {
-            plan_text: crate::playbook::plan_text(&resolved),
-            blockers,
-            playbook_hash: stored.hash,
-        }))
+        let (blockers, now) = super::runs::preflight(&self.app, &resolved).await;
+        let mut plan_text = crate::playbook::plan_text(&resolved);
+        plan_text.push_str("\nNow:\n");
+        for line in now {
+            plan_text.push_str(&format!("  {line}\n"));
+        }
+        Ok(Response::new(pb::PlanReply { plan_text, blockers, playbook_hash: stored.hash }))
     }
 
     async fn start_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::RunInfo>, Status> {

@@ -136,8 +136,15 @@ pub fn resolve(
 
 /// What stands in the way of starting now (empty: nothing).
 pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> Vec<String> {
+    preflight(app, r).await.0
+}
+
+/// Blockers, and what an operator should know now: the target's health, the replication lag
+/// (the data an unplanned failover would lose right now).
+pub async fn preflight(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> (Vec<String>, Vec<String>) {
     use prost::Message;
     let mut out = Vec::new();
+    let mut info = Vec::new();
     if let Some(holder) = app.view.active_runs().into_iter().find(|x| x.run.service == r.service) {
         out.push(format!("run {} holds service {} ({})", holder.run.id, r.service, state_text(&holder.run.state).0));
     }
@@ -147,8 +154,20 @@ pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> Ve
     };
     let Some(board) = board else {
         out.push("health unknown: no leader reachable".into());
-        return out;
+        return (out, info);
     };
+    for h in &board.regions {
+        info.push(format!("region {} is {} ({})", h.region, h.state, h.reason));
+        for c in h.checks.iter().filter(|c| !c.stale && c.values.contains_key("lag_seconds")) {
+            info.push(format!(
+                "replication lag measured by {} from {}: {:.1} s, {} bytes behind",
+                c.check,
+                c.vantage_agent,
+                c.values["lag_seconds"],
+                c.values.get("lag_bytes").copied().unwrap_or(0.0)
+            ));
+        }
+    }
     if let Some(target) = &r.preconditions.target_region {
         match board.regions.iter().find(|x| &x.region == target) {
             Some(h) if h.state == "up" => {}
@@ -175,7 +194,7 @@ pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> Ve
             }
         }
     }
-    out
+    (out, info)
 }
 
 /// A new run id: time-ordered and readable.
