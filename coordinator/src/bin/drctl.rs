@@ -821,6 +821,21 @@ fn run_figures(rec: &Value) -> Value {
 
 async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
     use futures::StreamExt;
+    use std::io::IsTerminal;
+    // A progress bar only for a person at a terminal; pipes and --json get plain lines.
+    let bar = (!cli.json && std::io::stdout().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let say = |line: String| match &bar {
+        Some(b) => b.println(line),
+        None => println!("{line}"),
+    };
     let mut printed = 0usize;
     loop {
         let r = pb::GetRunRequest { run_id: run.to_string() };
@@ -852,17 +867,32 @@ async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
                     println!("{}", json!({"run_id": info.run_id, "step": id, "attempt": a}));
                 } else {
                     let phase = a["work"]["phase"].as_u64().map(|p| format!(" phase {p}")).unwrap_or_default();
-                    println!(
+                    say(format!(
                         "{} {:<4} {id}{phase} ({} ms) {}",
                         fmt_time(a["finished_ms"].as_i64().unwrap_or(0)),
                         if a["ok"] == true { "ok" } else { "FAIL" },
                         ms,
                         a["detail"].as_str().unwrap_or_default()
-                    );
+                    ));
                 }
             }
             printed = history.len();
+            if let Some(b) = &bar {
+                // Progress in units of work: one per step, one per phase of a phased step.
+                let units: u64 =
+                    steps.iter().map(|s| s["phases"].as_array().map(|p| p.len().max(1)).unwrap_or(1) as u64).sum();
+                let done =
+                    history.iter().filter(|a| a["ok"] == true && a["work"]["compensation"] != true).count() as u64;
+                b.set_length(units);
+                b.set_position(done.min(units));
+                let cursor = rec["run"]["cursor"].as_u64().unwrap_or(0) as usize;
+                let current = steps.get(cursor).and_then(|s| s["id"].as_str()).unwrap_or("");
+                b.set_message(format!("{} {current}", info.state));
+            }
             if info.ended_unix_ms > 0 {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
                 print_run(cli, &info);
                 return if info.state == "succeeded" {
                     Ok(())
