@@ -105,6 +105,8 @@ impl Env {
     /// The playbook with the given shift phases (e.g. `[100]` for the instant profile).
     pub fn playbook_with(&self, approvals: u32, dwell: &str, phases: &str) -> String {
         let (w, c) = (self.west_ip(), self.central_ip());
+        // One app-wide maintenance switch (served by the eu-west app in this environment).
+        let m = self.west_app.url("/maintenance");
         format!(
             r#"apiVersion: drcut/v1
 kind: Playbook
@@ -124,8 +126,8 @@ spec:
     - id: freeze
       action: freeze_writes
       region: ${{source}}
-      with: {{ database: wallet-db }}
-      compensate: {{ action: unfreeze_writes, region: "${{source}}", with: {{ database: wallet-db }} }}
+      with: {{ database: wallet-db, maintenance_url: "{m}" }}
+      compensate: {{ action: unfreeze_writes, region: "${{source}}", with: {{ database: wallet-db, maintenance_url: "{m}" }} }}
     - id: catch-up
       action: wait_replication
       region: ${{target}}
@@ -147,7 +149,7 @@ spec:
     - id: unfreeze
       action: unfreeze_writes
       region: ${{target}}
-      with: {{ database: wallet-db }}
+      with: {{ database: wallet-db, maintenance_url: "{m}" }}
       on_failure: pause
     - id: warm
       action: warm_caches

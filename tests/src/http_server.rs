@@ -47,6 +47,8 @@ struct Shared {
     conns: Mutex<Vec<AbortHandle>>,
     /// The `query` parameter of the last Prometheus query.
     last_prom_query: Mutex<Option<String>>,
+    /// Every maintenance flag posted to `/maintenance`, in order.
+    maintenance: Mutex<Vec<bool>>,
 }
 
 /// What the handlers do; changed by the test at any time.
@@ -78,17 +80,24 @@ impl TestHttp {
             errors: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
             last_prom_query: Mutex::new(None),
+            maintenance: Mutex::new(Vec::new()),
         });
         let router = Router::new()
             .route("/", get(health))
             .route("/health", get(health))
             .route("/api/v1/query", get(prom_get).post(prom_post))
+            .route("/maintenance", axum::routing::post(maintenance))
             .with_state(shared.clone());
         let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let accept_task = tokio::spawn(accept_loop(listener, router.clone(), shared.clone()));
         tracing::info!(%addr, "test http server started");
         Ok(TestHttp { addr, shared, router, accept_task: Mutex::new(Some(accept_task)) })
+    }
+
+    /// The maintenance flags posted so far (`{"maintenance": bool}` to `/maintenance`).
+    pub fn maintenance_posts(&self) -> Vec<bool> {
+        self.shared.maintenance.lock().unwrap().clone()
     }
 
     /// The bound address.
@@ -329,5 +338,19 @@ mod tests {
         assert_eq!(prom_float(0.97), "0.97");
         assert_eq!(prom_float(f64::INFINITY), "+Inf");
         assert_eq!(prom_float(f64::NAN), "NaN");
+    }
+}
+
+/// The app's maintenance switch, as a deploy tool or drcut's freeze step flips it.
+async fn maintenance(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: String,
+) -> axum::http::StatusCode {
+    match serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["maintenance"].as_bool()) {
+        Some(on) => {
+            shared.maintenance.lock().unwrap().push(on);
+            axum::http::StatusCode::NO_CONTENT
+        }
+        None => axum::http::StatusCode::BAD_REQUEST,
     }
 }

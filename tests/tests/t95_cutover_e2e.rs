@@ -123,6 +123,12 @@ async fn planned_cutover_loses_no_acknowledged_write() -> Result<()> {
     );
     tracing::info!(acked = log.acked.len(), gap_ms = log.longest_gap().as_millis() as u64, "canary");
 
+    ensure!(
+        env.west_app.maintenance_posts() == vec![true, false],
+        "maintenance flag up at freeze, down at unfreeze: {:?}",
+        env.west_app.maintenance_posts()
+    );
+
     tracing::info!("--- DNS: everyone resolves to eu-central");
     ensure!(env.dns.query_a("wallet.gslb.example.").await? == vec![env.central_ip()]);
     ensure!(env.dns.query_a("wallet-db.gslb.example.").await? == vec![env.central_ip()]);

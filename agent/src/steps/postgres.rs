@@ -81,15 +81,66 @@ const TERMINATE_ROUNDS: usize = 5;
 pub async fn execute(action: &str, params: &serde_json::Value, ctx: &StepContext<'_>) -> Option<StepOutcome> {
     let start = Instant::now();
     let deadline = start + budget(ctx.timeout);
+    let maintenance = params.get("maintenance_url").and_then(|v| v.as_str()).map(str::to_string);
     let outcome = match action {
-        "freeze_writes" => freeze_writes(params, ctx, start, deadline).await,
-        "unfreeze_writes" => unfreeze_writes(params, ctx, start, deadline).await,
+        // The app's maintenance flag goes up before the database refuses writes (users see a
+        // maintenance page, not errors) and comes down after writes are open again.
+        "freeze_writes" => match &maintenance {
+            Some(url) => match set_maintenance(url, true, deadline).await {
+                Ok(ms) => freeze_writes(params, ctx, start, deadline).await.map(|o| with_maintenance(o, ms)),
+                Err(e) => return Some(StepOutcome::failed(format!("freeze_writes: maintenance flag: {e}"))),
+            },
+            None => freeze_writes(params, ctx, start, deadline).await,
+        },
+        "unfreeze_writes" => match unfreeze_writes(params, ctx, start, deadline).await {
+            Ok(o) if o.ok && maintenance.is_some() => {
+                match set_maintenance(maintenance.as_deref().unwrap_or_default(), false, deadline).await {
+                    Ok(ms) => Ok(with_maintenance(o, ms)),
+                    Err(e) => {
+                        return Some(StepOutcome::failed(format!(
+                            "unfreeze_writes: writes open, but the maintenance flag: {e}"
+                        )));
+                    }
+                }
+            }
+            other => other,
+        },
         "wait_replication" => wait_replication(params, ctx, start, deadline).await,
         "fence" => fence(params, ctx, start, deadline).await,
         "promote_db" => promote_db(params, ctx, start, deadline).await,
         _ => return None,
     };
     Some(outcome.unwrap_or_else(|e| StepOutcome::failed(format!("{action}: {}", e.text()))))
+}
+
+/// Sets the application's maintenance flag: `POST {"maintenance": on}`; any 2xx is success.
+async fn set_maintenance(url: &str, on: bool, deadline: Instant) -> Result<f64, String> {
+    let started = Instant::now();
+    let client = crate::checks::http::build_client()?;
+    let left = deadline.saturating_duration_since(started);
+    let resp = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::json!({ "maintenance": on, "by": "drcut" }).to_string())
+        .timeout(left)
+        .send()
+        .await
+        .map_err(|e| format!("POST {}: {}", origin(url), crate::checks::error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(format!("POST {} answered {}", origin(url), resp.status()));
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Scheme, host and port only: paths of such URLs often carry tokens.
+fn origin(url: &str) -> String {
+    url.split('/').take(3).collect::<Vec<_>>().join("/")
+}
+
+fn with_maintenance(mut o: StepOutcome, ms: f64) -> StepOutcome {
+    o.measurements.insert("maintenance_ms".into(), ms);
+    o.detail.push_str("; app maintenance flag set");
+    o
 }
 
 /// The time a step may spend before reporting: its timeout minus a margin (a tenth, at most
@@ -105,7 +156,7 @@ fn budget(timeout: Duration) -> Duration {
 #[serde(deny_unknown_fields)]
 struct FreezeParams {
     database: String,
-    /// The application's maintenance flag; driven by the http module, accepted here.
+    /// The application's maintenance flag (set around the freeze in `execute`).
     #[serde(default, rename = "maintenance_url")]
     _maintenance_url: Option<String>,
     #[serde(default, rename = "inputs")]
