@@ -314,6 +314,20 @@ fn prom_float(v: f64) -> String {
     }
 }
 
+/// The app's maintenance switch, as a deploy tool or drcut's freeze step flips it.
+async fn maintenance(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: String,
+) -> axum::http::StatusCode {
+    match serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["maintenance"].as_bool()) {
+        Some(on) => {
+            shared.maintenance.lock().unwrap().push(on);
+            axum::http::StatusCode::NO_CONTENT
+        }
+        None => axum::http::StatusCode::BAD_REQUEST,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,19 +352,5 @@ mod tests {
         assert_eq!(prom_float(0.97), "0.97");
         assert_eq!(prom_float(f64::INFINITY), "+Inf");
         assert_eq!(prom_float(f64::NAN), "NaN");
-    }
-}
-
-/// The app's maintenance switch, as a deploy tool or drcut's freeze step flips it.
-async fn maintenance(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    body: String,
-) -> axum::http::StatusCode {
-    match serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["maintenance"].as_bool()) {
-        Some(on) => {
-            shared.maintenance.lock().unwrap().push(on);
-            axum::http::StatusCode::NO_CONTENT
-        }
-        None => axum::http::StatusCode::BAD_REQUEST,
     }
 }
