@@ -10,17 +10,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// What to do when a step fails after its retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Stop; leave everything as it is.
-    Abort,
-    /// Run the compensations of completed steps in reverse (never past the point of no return).
-    Rollback,
-    /// Wait for an operator to resume (retry the step) or abort.
-    Pause,
-}
+/// What to do when a step fails after its retries (the playbook's own type).
+pub use crate::playbook::OnFailure;
 
 /// One action for one region's agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -97,6 +97,14 @@ impl Env {
         Ok(Env { cluster, pg, dns, west_app, central_app, agents: vec![a_west, a_central], block })
     }
 
+    /// Which PostgreSQL port answers at each region's address (for the canary writer).
+    pub fn db_ports(&self) -> BTreeMap<Ipv4Addr, u16> {
+        BTreeMap::from([
+            (self.west_ip(), self.pg.primary_addr().port()),
+            (self.central_ip(), self.pg.standby_addr().port()),
+        ])
+    }
+
     /// The playbook text for this environment: the design's order, phases 25/100.
     pub fn playbook(&self, approvals: u32, dwell: &str) -> String {
         self.playbook_with(approvals, dwell, "[25, 100]")

@@ -4,7 +4,7 @@
 //! person, and runs to success: no acknowledged write is lost, the old primary refuses writes,
 //! and DNS sends everyone to the new region.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -47,10 +47,7 @@ async fn planned_cutover_loses_no_acknowledged_write() -> Result<()> {
     ensure!(out.code == Some(0) && out.stdout.contains("promote") && out.stdout.contains("all hold"), "{out}");
 
     tracing::info!("--- a canary writer runs through the cutover");
-    let ports = BTreeMap::from([
-        (env.west_ip(), env.pg.primary_addr().port()),
-        (env.central_ip(), env.pg.standby_addr().port()),
-    ]);
+    let ports = env.db_ports();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = canary(env.dns.dns_addr(), ports, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;

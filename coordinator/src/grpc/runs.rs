@@ -72,7 +72,7 @@ pub async fn act(app: &AppRef, ctx: Ctx, run_id: &str, op: RunOp) -> Result<pb::
 
 /// The run plan a run pins, from a resolved playbook.
 pub fn run_plan(r: &crate::playbook::ResolvedPlaybook) -> crate::run::RunPlan {
-    use crate::run::{Action as RAction, OnFailure as ROn, PlanStep, RunPlan};
+    use crate::run::{Action as RAction, PlanStep, RunPlan};
     let steps = r
         .steps
         .iter()
@@ -86,11 +86,7 @@ pub fn run_plan(r: &crate::playbook::ResolvedPlaybook) -> crate::run::RunPlan {
             timeout_ms: s.timeout.as_millis() as u64,
             retries: s.retries,
             retry_backoff_ms: s.retry_backoff.as_millis() as u64,
-            on_failure: match s.on_failure {
-                crate::playbook::OnFailure::Abort => ROn::Abort,
-                crate::playbook::OnFailure::Rollback => ROn::Rollback,
-                crate::playbook::OnFailure::Pause => ROn::Pause,
-            },
+            on_failure: s.on_failure,
             compensate: s.compensate.as_ref().map(|c| RAction {
                 action: c.action.as_str().to_string(),
                 region: c.region.clone(),

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use drcut_tests::cutover::{Env, canary};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,10 +27,7 @@ async fn main() -> Result<()> {
         std::fs::write(&file, env.playbook_with(0, "0s", "[100]"))?;
         let out = c.drctl(&["playbook", "apply", &file.display().to_string()]).await?;
         anyhow::ensure!(out.code == Some(0), "{out}");
-        let ports = BTreeMap::from([
-            (env.west_ip(), env.pg.primary_addr().port()),
-            (env.central_ip(), env.pg.standby_addr().port()),
-        ]);
+        let ports = env.db_ports();
         let stop = Arc::new(AtomicBool::new(false));
         let writer = canary(env.dns.dns_addr(), ports, stop.clone());
         tokio::time::sleep(Duration::from_millis(500)).await;

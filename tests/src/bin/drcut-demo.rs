@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use drcut_tests::cutover::{Env, canary};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,10 +39,7 @@ async fn main() -> Result<()> {
     drctl(&env, &["plan", "wallet-test-cutover"])?;
 
     println!("\n==> a canary writer inserts numbered rows through the GSLB name wallet-db.gslb.example.");
-    let ports = BTreeMap::from([
-        (env.west_ip(), env.pg.primary_addr().port()),
-        (env.central_ip(), env.pg.standby_addr().port()),
-    ]);
+    let ports = env.db_ports();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = canary(env.dns.dns_addr(), ports, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
