@@ -172,20 +172,25 @@ async fn tick(app: &AppRef, term: u64) {
             }
             Decision::Gate { step, region, .. } => {
                 let rep = app.view.health();
-                let state = app
-                    .hub
-                    .region_states(&rep)
-                    .into_iter()
-                    .find(|(r, _)| *r == region)
-                    .map(|(_, s)| s)
-                    .unwrap_or_default();
-                let require = rec.run.plan.steps[step].gate_require.as_str();
-                let ok = match require {
-                    "not_down" => matches!(state, HealthState::Up | HealthState::Degraded),
-                    _ => state == HealthState::Up,
-                };
-                let detail = format!("region {region} is {} (gate requires {require})", state.as_str());
-                commit(app, &id, RunOp::Gate { ok, detail }).await
+                let s = &rec.run.plan.steps[step];
+                let require = s.gate_require.as_str();
+                match app.hub.gate_state(&rep, &region, now) {
+                    Some(state) => {
+                        let ok = match require {
+                            "not_down" => matches!(state, HealthState::Up | HealthState::Degraded),
+                            _ => state == HealthState::Up,
+                        };
+                        let detail = format!("region {region} is {} (gate requires {require})", state.as_str());
+                        commit(app, &id, RunOp::Gate { ok, detail }).await
+                    }
+                    // After a leader change the model holds memories, not evidence: wait for
+                    // fresh reports, but not forever.
+                    None if now > rec.run.dwell_until_ms.unwrap_or(now) + s.timeout_ms as i64 => {
+                        let detail = format!("no fresh health evidence for region {region} within {} ms", s.timeout_ms);
+                        commit(app, &id, RunOp::Gate { ok: false, detail }).await
+                    }
+                    None => Ok(()),
+                }
             }
             Decision::Finish(state) => commit(app, &id, RunOp::Finish { state }).await,
         };

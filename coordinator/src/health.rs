@@ -102,6 +102,8 @@ pub struct Track {
     breach_run: u32,
     good_run: u32,
     reachable_run: u32,
+    /// Reports received by this model (this leader's term): how much fresh evidence it holds.
+    reports: u32,
 }
 
 impl Track {
@@ -160,6 +162,7 @@ impl HealthModel {
                     stale_after_ms: 2000,
                     last: None,
                     unreachable_run: 0,
+                    reports: 0,
                     breach_run: 0,
                     good_run: 0,
                     reachable_run: 0,
@@ -205,6 +208,7 @@ impl HealthModel {
                 stale_after_ms: 0,
                 last: None,
                 unreachable_run: 0,
+                reports: 0,
                 breach_run: 0,
                 good_run: 0,
                 reachable_run: 0,
@@ -250,6 +254,7 @@ impl HealthModel {
             t.state
         };
         t.last_report_ms = now_ms;
+        t.reports += 1;
         t.last = Some(r);
         if next == t.state {
             return None;
@@ -351,6 +356,18 @@ impl HealthModel {
         let evidence =
             serde_json::json!({ "quorum": quorum, "vantages_total": n, "down": downs, "vantages": vantages });
         Some((state, reason, evidence))
+    }
+
+    /// The region's state on fresh evidence only: None until some vantage has reported on it
+    /// at least `down_after` times to this model and is not stale — enough for the
+    /// hysteresis to have moved. A new leader's seeded states are memory, not evidence.
+    pub fn fresh_verdict(&self, region: &str, down_quorum: u32, now_ms: i64) -> Option<HealthState> {
+        let enough =
+            self.tracks.values().any(|t| t.region == region && !t.is_stale(now_ms) && t.reports >= self.th.down_after);
+        if !enough {
+            return None;
+        }
+        self.region_verdict(region, down_quorum, now_ms).map(|(s, _, _)| s)
     }
 
     /// Every track, for the board.
@@ -502,6 +519,23 @@ mod tests {
         t += 60_000;
         assert!(m.evaluate_regions(&regions(1), t).is_empty());
         assert_eq!(m.region_view("eu-west").unwrap().state, HealthState::Down);
+    }
+
+    #[test]
+    fn gates_need_fresh_evidence_not_seeded_memory() {
+        let mut rep_state = ReplicatedHealth::default();
+        rep_state.region_health.insert(
+            "eu-west".into(),
+            crate::command::RegionStatus { state: HealthState::Up, since_ms: 1, reason: String::new() },
+        );
+        let mut m = HealthModel::seeded(Thresholds { down_after: 2, up_after: 2 }, &rep_state);
+        m.declare("a", "eu-west", &[decl("api", "eu-west")]);
+        let mut t = 10_000;
+        assert_eq!(m.fresh_verdict("eu-west", 0, t), None, "a new leader has no evidence yet");
+        feed(&mut m, "a", &rep("api", "eu-west", true, false), 1, &mut t);
+        assert_eq!(m.fresh_verdict("eu-west", 0, t), None, "one report cannot have moved the hysteresis");
+        feed(&mut m, "a", &rep("api", "eu-west", true, false), 1, &mut t);
+        assert_eq!(m.fresh_verdict("eu-west", 0, t), Some(HealthState::Degraded));
     }
 
     #[test]

@@ -196,6 +196,12 @@ impl HealthHub {
         pb::HealthBoard { regions: regions.into_values().collect(), agents, node_id, live }
     }
 
+    /// A region's state for a gate, on fresh evidence only (None: wait for reports).
+    pub fn gate_state(&self, rep: &ReplicatedHealth, region: &str, now_ms: i64) -> Option<HealthState> {
+        let q = rep.regions.get(region).map(|r| r.down_quorum).unwrap_or(0);
+        self.lock().model.fresh_verdict(region, q, now_ms)
+    }
+
     /// Region states for metrics: (region, state).
     pub fn region_states(&self, rep: &ReplicatedHealth) -> Vec<(String, HealthState)> {
         let g = self.lock();

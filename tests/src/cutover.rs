@@ -266,3 +266,114 @@ pub fn canary(
         Ok(g)
     })
 }
+
+// === run records: for tests that act at an exact point of a run ===
+
+/// The `run_id` in `drctl --json cutover start`'s output (its last line).
+pub fn started_run_id(stdout: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("not JSON: {stdout}"))?;
+    Ok(v["run_id"].as_str().context("no run_id")?.to_string())
+}
+
+/// Run `run`'s info and record (`RunRecord` as JSON) as node `id` holds it (a local read).
+pub async fn run_record(
+    cluster: &Cluster,
+    id: u64,
+    run: &str,
+) -> Result<(drcut_proto::v1::RunInfo, serde_json::Value)> {
+    let mut c = cluster.client(id)?;
+    let info = c.get_run(drcut_proto::v1::GetRunRequest { run_id: run.to_string() }).await?.into_inner();
+    let rec = serde_json::from_str(&info.record_json).context("parsing record_json")?;
+    Ok((info, rec))
+}
+
+/// Follows run `run` on node `id` (WatchRun: a message per applied revision, latest state
+/// first) until `pred` holds for its record, and returns that record. Reacts within
+/// milliseconds of the node applying the change, so a test can act at an exact point of a run.
+/// Fails if the run ends first, or after `timeout`.
+pub async fn watch_run_until(
+    cluster: &Cluster,
+    id: u64,
+    run: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let watch = async {
+        let mut c = cluster.client(id)?;
+        let mut stream = c.watch_run(drcut_proto::v1::GetRunRequest { run_id: run.to_string() }).await?.into_inner();
+        let mut last = None;
+        while let Some(info) = stream.message().await? {
+            let rec: serde_json::Value = serde_json::from_str(&info.record_json).context("parsing record_json")?;
+            if pred(&rec) {
+                return Ok(rec);
+            }
+            anyhow::ensure!(info.ended_unix_ms == 0, "run ended {} ({}) before {what}", info.state, info.state_reason);
+            last = Some(info.state);
+        }
+        anyhow::bail!("watch on node {id} ended before {what} (last state {last:?})")
+    };
+    tokio::time::timeout(timeout, watch).await.with_context(|| format!("{what}: not within {timeout:?}"))?
+}
+
+/// The index of step `step_id` in a run record's plan.
+pub fn step_index(rec: &serde_json::Value, step_id: &str) -> Result<usize> {
+    rec["run"]["plan"]["steps"]
+        .as_array()
+        .context("no plan steps in the record")?
+        .iter()
+        .position(|s| s["id"] == step_id)
+        .with_context(|| format!("no step {step_id:?} in the plan"))
+}
+
+/// The finished attempts (forward and compensation) of step `step_id` in a run record, in
+/// order.
+pub fn attempts(rec: &serde_json::Value, step_id: &str) -> Result<Vec<serde_json::Value>> {
+    let i = step_index(rec, step_id)? as u64;
+    Ok(rec["run"]["history"]
+        .as_array()
+        .context("no history in the record")?
+        .iter()
+        .filter(|a| a["work"]["step"].as_u64() == Some(i))
+        .cloned()
+        .collect())
+}
+
+impl Env {
+    /// Writes and applies the playbook (`approvals`, `dwell`), starts a cutover as alice and
+    /// returns its run id.
+    pub async fn start_cutover(&self, approvals: u32, dwell: &str) -> Result<String> {
+        let file = self.write_playbook(approvals, dwell)?;
+        let out = self.cluster.drctl(&["--actor", "alice", "playbook", "apply", &file]).await?;
+        anyhow::ensure!(out.code == Some(0), "{out}");
+        let out = self
+            .cluster
+            .drctl(&["--json", "--actor", "alice", "cutover", "start", "wallet-test-cutover", "--reason", "test"])
+            .await?;
+        anyhow::ensure!(out.code == Some(0), "{out}");
+        started_run_id(&out.stdout)
+    }
+
+    /// The timeline each server is on, `(eu-west, eu-central)`, from its control file after a
+    /// `CHECKPOINT` (a restartpoint on a standby); for a server out of recovery it is
+    /// cross-checked against the timeline of the WAL segment it writes.
+    pub async fn timelines(&self) -> Result<(u32, u32)> {
+        let mut out = [0u32; 2];
+        for (i, dsn) in [self.pg.primary_dsn(), self.pg.standby_dsn()].iter().enumerate() {
+            let c = crate::pg::connect(dsn).await?;
+            c.batch_execute("CHECKPOINT").await.context("CHECKPOINT")?;
+            let row =
+                c.query_one("SELECT timeline_id::int8, pg_is_in_recovery() FROM pg_control_checkpoint()", &[]).await?;
+            let (tli, in_recovery): (i64, bool) = (row.get(0), row.get(1));
+            if !in_recovery {
+                let hex: String =
+                    c.query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[]).await?.get(0);
+                let wal = i64::from_str_radix(&hex, 16).with_context(|| format!("WAL timeline {hex:?}"))?;
+                anyhow::ensure!(wal == tli, "{dsn}: checkpoint on timeline {tli}, WAL written on {wal}");
+            }
+            out[i] = u32::try_from(tli)?;
+        }
+        Ok((out[0], out[1]))
+    }
+}
