@@ -104,6 +104,8 @@ pub struct Track {
     reachable_run: u32,
     /// Reports received by this model (this leader's term): how much fresh evidence it holds.
     reports: u32,
+    /// A session declared it to this model (seeded tracks are memories until then).
+    declared: bool,
 }
 
 impl Track {
@@ -163,6 +165,7 @@ impl HealthModel {
                     last: None,
                     unreachable_run: 0,
                     reports: 0,
+                    declared: false,
                     breach_run: 0,
                     good_run: 0,
                     reachable_run: 0,
@@ -190,6 +193,7 @@ impl HealthModel {
             t.region = o.region.clone();
             t.vantage_region = o.vantage_region.clone();
             t.stale_after_ms = o.stale_after_ms;
+            t.declared = o.declared;
         }
     }
 
@@ -209,6 +213,7 @@ impl HealthModel {
                 last: None,
                 unreachable_run: 0,
                 reports: 0,
+                declared: false,
                 breach_run: 0,
                 good_run: 0,
                 reachable_run: 0,
@@ -217,6 +222,7 @@ impl HealthModel {
             t.region = c.region.clone();
             t.vantage_region = vantage_region.to_string();
             t.stale_after_ms = stale_after(c.interval_ms, c.timeout_ms);
+            t.declared = true;
         }
     }
 
@@ -362,9 +368,11 @@ impl HealthModel {
     /// at least `down_after` times to this model and is not stale — enough for the
     /// hysteresis to have moved. A new leader's seeded states are memory, not evidence.
     pub fn fresh_verdict(&self, region: &str, down_quorum: u32, now_ms: i64) -> Option<HealthState> {
-        let enough =
-            self.tracks.values().any(|t| t.region == region && !t.is_stale(now_ms) && t.reports >= self.th.down_after);
-        if !enough {
+        // Every check an open session declared on the region must have had its say (a check
+        // that reported this term and then fell silent is left out, as in any verdict).
+        let declared: Vec<&Track> = self.tracks.values().filter(|t| t.region == region && t.declared).collect();
+        let waiting = declared.iter().any(|t| t.reports < self.th.down_after && !(t.reports > 0 && t.is_stale(now_ms)));
+        if declared.is_empty() || waiting {
             return None;
         }
         self.region_verdict(region, down_quorum, now_ms).map(|(s, _, _)| s)
