@@ -179,9 +179,12 @@ async fn planned_cutover_loses_no_acknowledged_write() -> Result<()> {
     tracing::info!("--- writers running; freeze the primary under them");
     let writers = Writers::start(&pg.primary_dsn(), 2, 2);
     wait_for("200 acknowledged inserts", Duration::from_secs(20), || writers.acked_count() >= 200).await?;
-    let freeze = json!({"database": "primary", "maintenance_url": "http://127.0.0.1:9/ignored"});
+    // The app's maintenance switch goes up with the freeze.
+    let app = drcut_tests::TestHttp::start("127.0.90.40:0".parse()?).await?;
+    let freeze = json!({"database": "primary", "maintenance_url": app.url("/maintenance")});
     let f1 = step(&res, "freeze_writes", freeze.clone(), STEP_TIMEOUT).await?;
     ensure!(f1.ok, "freeze: {f1:?}");
+    ensure!(app.maintenance_posts().first() == Some(&true), "maintenance flag: {:?}", app.maintenance_posts());
     let lsn = f1.data["frozen_lsn"].as_str().context("frozen_lsn")?.to_string();
     for m in ["frozen_lsn_bytes", "freeze_ms"] {
         measurement(&f1, m)?;
