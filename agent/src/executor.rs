@@ -96,3 +96,44 @@ impl Executor {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(token: u64, attempt: u32) -> StepCommand {
+        StepCommand {
+            run_id: "r".into(),
+            step_id: "s".into(),
+            step_index: 0,
+            phase: -1,
+            compensation: false,
+            attempt,
+            fencing_token: token,
+            action: "no_such_action".into(),
+            params_json: "{}".into(),
+            timeout_ms: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_tokens_are_refused_and_repeats_get_the_recorded_result() {
+        let cfg = crate::config::parse(
+            "a.yaml",
+            "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nchecks: []\n",
+        )
+        .expect("config");
+        let (ex, mut rx) = Executor::new(Arc::new(cfg));
+        ex.handle(cmd(10, 1));
+        let first = rx.recv().await.unwrap();
+        assert!(!first.ok && first.detail.contains("unknown action"), "{first:?}");
+        // A deposed leader (older token) cannot act.
+        ex.handle(cmd(5, 2));
+        let stale = rx.recv().await.unwrap();
+        assert!(!stale.ok && stale.detail.contains("stale fencing token 5 < 10"), "{stale:?}");
+        // A new leader re-sending the same attempt gets the recorded result, not a re-run.
+        ex.handle(cmd(11, 1));
+        let again = rx.recv().await.unwrap();
+        assert_eq!((again.detail.clone(), again.fencing_token), (first.detail.clone(), 11));
+    }
+}
