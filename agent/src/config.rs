@@ -130,6 +130,19 @@ pub struct DnsResource {
     pub api_url: Option<Url>,
     /// The API key, if any.
     pub api_key: Option<Secret>,
+    /// RFC 2136 dynamic updates signed with this TSIG key, when there is no API.
+    pub tsig: Option<TsigKey>,
+}
+
+/// A TSIG key for RFC 2136 updates.
+#[derive(Debug)]
+pub struct TsigKey {
+    /// Key name as the server knows it.
+    pub name: String,
+    /// `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub algorithm: String,
+    /// The base64 secret (decoded when used).
+    pub secret: Secret,
 }
 
 /// A Prometheus-compatible query API.
@@ -233,6 +246,10 @@ struct RawDns {
     api_url: Option<String>,
     api_key_env: Option<String>,
     api_key_file: Option<PathBuf>,
+    tsig_key_name: Option<String>,
+    tsig_algorithm: Option<String>,
+    tsig_secret_env: Option<String>,
+    tsig_secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -499,7 +516,32 @@ impl Ctx<'_> {
             if key.is_some() && api_url.is_none() {
                 return Err(self.err(format!("{at}.api_url"), "an API key is set but no api_url"));
             }
-            out.dns.insert(name, DnsResource { server, api_url, api_key: key.map(|(k, _)| k) });
+            let tsig_secret =
+                self.secret(&at, "tsig_secret", None, r.tsig_secret_env.as_deref(), r.tsig_secret_file.as_deref())?;
+            let tsig = match (r.tsig_key_name, tsig_secret) {
+                (Some(name), Some((secret, _))) => {
+                    let algorithm = r.tsig_algorithm.unwrap_or_else(|| "hmac-sha256".into());
+                    if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&algorithm.as_str()) {
+                        return Err(self.err(
+                            format!("{at}.tsig_algorithm"),
+                            format!("{algorithm:?} is not hmac-sha256, hmac-sha384 or hmac-sha512"),
+                        ));
+                    }
+                    Some(TsigKey { name, algorithm, secret })
+                }
+                (None, None) if r.tsig_algorithm.is_none() => None,
+                (Some(_), None) => {
+                    return Err(self.err(
+                        format!("{at}.tsig_secret_env"),
+                        "tsig_key_name needs its secret (tsig_secret_env or tsig_secret_file)",
+                    ));
+                }
+                _ => {
+                    return Err(self
+                        .err(format!("{at}.tsig_key_name"), "a TSIG secret or algorithm is set but no tsig_key_name"));
+                }
+            };
+            out.dns.insert(name, DnsResource { server, api_url, api_key: key.map(|(k, _)| k), tsig });
         }
         for (name, r) in raw.prometheus {
             let at = format!("resources.prometheus.{name}");

@@ -378,10 +378,29 @@ async fn rfc2136_with_tsig_replaces_atomically_and_refuses_a_wrong_key() -> Resu
     ensure!(pdns.query_a(name_text).await?.len() == 4, "unchanged after the refusal");
 
     tracing::info!("--- an unknown key name is refused too");
-    let unknown =
-        Rfc2136Driver::new(pdns.dns_addr(), ZONE, "no-such-key", "hmac-sha256", key).map_err(anyhow::Error::msg)?;
+    let unknown = Rfc2136Driver::new(pdns.dns_addr(), ZONE, "no-such-key", "hmac-sha256", key.clone())
+        .map_err(anyhow::Error::msg)?;
     let err = unknown.replace_a(&name, &ips(&["203.0.113.66"]), 5).await.expect_err("an unknown key must be refused");
     ensure!(matches!(err, DriverError::Auth(_)), "an auth failure, not {err:?}");
+    tracing::info!("--- the step itself through an agent resource with a TSIG key (no API)");
+    let dir = tempfile::tempdir()?;
+    let b64 = data_encoding::BASE64.encode(&key);
+    std::fs::write(dir.path().join("tsig"), format!("{b64}\n"))?;
+    let res = format!(
+        "  dns:\n    upd:\n      server: \"{}\"\n      tsig_key_name: drcut-update\n      tsig_secret_file: tsig\n",
+        pdns.dns_addr()
+    );
+    let cfg = agent_config(dir.path(), &res)?;
+    let o = run(
+        &cfg,
+        "repoint_clients",
+        serde_json::json!({"dns": "upd", "zone": ZONE, "name": name_text, "answers": ["203.0.113.7"]}),
+        Duration::from_secs(10),
+    )
+    .await;
+    ensure!(o.ok, "repoint via RFC 2136: {o:?}");
+    ensure!(pdns.query_a(name_text).await? == ips(&["203.0.113.7"]), "PowerDNS answers the repointed record");
+    ensure!(!format!("{o:?}").contains(&b64), "the TSIG secret never appears");
     Ok(())
 }
 

@@ -7,9 +7,9 @@
 //! - [`Rfc2136Driver`]: RFC 2136 dynamic updates signed with TSIG; weighted answers are
 //!   proportional record sets (see [`Split::proportional`] for the granularity limit).
 //!
-//! Steps use the PowerDNS driver of their `dns` resource (`api_url` + `api_key`). The agent
-//! config has no TSIG fields yet; wiring TSIG keys into `resources.dns` so that steps can pick
-//! the RFC 2136 driver is a follow-up.
+//! Steps use the driver their `dns` resource configures: the PowerDNS API (`api_url` +
+//! `api_key`) when present, else RFC 2136 signed with the resource's TSIG key
+//! (`tsig_key_name`, `tsig_algorithm`, `tsig_secret_env`/`_file`, base64).
 //!
 //! # `repoint_clients`
 //! `{dns, zone, name, answers: [ip…], ttl?: 5}`: replaces the A RRset of `name` with `answers`
@@ -99,6 +99,37 @@ pub trait TrafficDriver {
     /// give (exactly `percent / 100` where the driver can weight, the nearest reachable share
     /// where it cannot).
     fn set_split(&self, name: &Name, split: &Split, ttl: u32) -> impl Future<Output = Result<f64, DriverError>> + Send;
+}
+
+/// Either driver, chosen per resource (the trait's async methods are not object safe).
+pub enum AnyDriver {
+    /// PowerDNS HTTP API.
+    Api(PowerDnsApi),
+    /// RFC 2136 with TSIG.
+    Update(Rfc2136Driver),
+}
+
+impl TrafficDriver for AnyDriver {
+    fn describe(&self) -> String {
+        match self {
+            AnyDriver::Api(d) => d.describe(),
+            AnyDriver::Update(d) => d.describe(),
+        }
+    }
+
+    async fn replace_a(&self, name: &Name, ips: &[Ipv4Addr], ttl: u32) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Api(d) => d.replace_a(name, ips, ttl).await,
+            AnyDriver::Update(d) => d.replace_a(name, ips, ttl).await,
+        }
+    }
+
+    async fn set_split(&self, name: &Name, split: &Split, ttl: u32) -> Result<f64, DriverError> {
+        match self {
+            AnyDriver::Api(d) => d.set_split(name, split, ttl).await,
+            AnyDriver::Update(d) => d.set_split(name, split, ttl).await,
+        }
+    }
 }
 
 /// Executes `action` if it belongs to this module.
@@ -199,16 +230,25 @@ impl<'a> Target<'a> {
         Ok(Target { resource, resource_name: dns, zone, name })
     }
 
-    /// The PowerDNS driver of the resource.
-    fn powerdns(&self, budget: Duration) -> Result<PowerDnsApi, String> {
-        let (Some(url), Some(key)) = (&self.resource.api_url, &self.resource.api_key) else {
+    /// The resource's driver: its PowerDNS API when it has one, else RFC 2136 with its TSIG key.
+    fn driver(&self, budget: Duration) -> Result<AnyDriver, String> {
+        if let (Some(url), Some(key)) = (&self.resource.api_url, &self.resource.api_key) {
+            return PowerDnsApi::new(url, key.clone(), &self.zone, API_TIMEOUT.min(budget))
+                .map(AnyDriver::Api)
+                .map_err(|e| format!("dns resource {:?}: {e}", self.resource_name));
+        }
+        let Some(tsig) = &self.resource.tsig else {
             return Err(format!(
-                "dns resource {:?} has no api_url and api_key: these steps change DNS through the \
-                 PowerDNS API (RFC 2136 with TSIG keys from the agent config is not wired yet)",
+                "dns resource {:?} has neither api_url + api_key (PowerDNS API) nor tsig_key_name + \
+                 tsig_secret (RFC 2136): it cannot change DNS",
                 self.resource_name
             ));
         };
-        PowerDnsApi::new(url, key.clone(), &self.zone, API_TIMEOUT.min(budget))
+        let key = data_encoding::BASE64
+            .decode(tsig.secret.expose().trim().as_bytes())
+            .map_err(|_| format!("dns resource {:?}: the TSIG secret is not base64", self.resource_name))?;
+        Rfc2136Driver::new(self.resource.server, &self.zone.to_string(), &tsig.name, &tsig.algorithm, key)
+            .map(|d| AnyDriver::Update(d.with_timeout(API_TIMEOUT.min(budget))))
             .map_err(|e| format!("dns resource {:?}: {e}", self.resource_name))
     }
 }
@@ -241,7 +281,7 @@ async fn repoint_clients(params: &serde_json::Value, ctx: &StepContext<'_>) -> R
     if answers.is_empty() {
         return Err("param answers: list at least one address".into());
     }
-    let driver = target.powerdns(deadline.saturating_duration_since(Instant::now()))?;
+    let driver = target.driver(deadline.saturating_duration_since(Instant::now()))?;
     let name = &target.name;
 
     driver.replace_a(name, &answers, p.ttl).await.map_err(|e| format!("{name}: {e}"))?;
@@ -318,7 +358,7 @@ async fn shift_traffic(params: &serde_json::Value, ctx: &StepContext<'_>) -> Res
         .ok_or_else(|| format!("param percent: {} is not in 0..=100", p.percent))?;
     let split = Split::new(&ipv4_list("from", &p.from)?, &ipv4_list("to", &p.to)?, percent)
         .map_err(|e| format!("param {e}"))?;
-    let driver = target.powerdns(deadline.saturating_duration_since(Instant::now()))?;
+    let driver = target.driver(deadline.saturating_duration_since(Instant::now()))?;
     let name = &target.name;
 
     let planned = driver.set_split(name, &split, p.ttl).await.map_err(|e| format!("{name}: {e}"))?;
@@ -423,11 +463,12 @@ mod tests {
                 server: "127.0.0.1:1".parse().unwrap(),
                 api_url: Some("http://127.0.0.1:1".parse().unwrap()),
                 api_key: Some(Secret::new("k")),
+                tsig: None,
             },
         );
         r.dns.insert(
             "plain".into(),
-            DnsResource { server: "127.0.0.1:1".parse().unwrap(), api_url: None, api_key: None },
+            DnsResource { server: "127.0.0.1:1".parse().unwrap(), api_url: None, api_key: None, tsig: None },
         );
         r
     }
@@ -458,7 +499,7 @@ mod tests {
         let d = fail("repoint_clients", with("dns", json!("nope"))).await;
         assert!(d.contains("param dns: no dns resource named \"nope\" (known: gslb, plain)"), "{d}");
         let d = fail("repoint_clients", with("dns", json!("plain"))).await;
-        assert!(d.contains("has no api_url and api_key"), "{d}");
+        assert!(d.contains("has neither api_url + api_key"), "{d}");
         let d = fail("repoint_clients", json!(null)).await;
         assert!(d.contains("missing field `dns`"), "{d}");
 

@@ -701,6 +701,7 @@ mod tests {
                 server: "127.0.0.1:53".parse().unwrap(),
                 api_url: Some("http://127.0.0.1:8081".parse().unwrap()),
                 api_key: Some(crate::secrets::Secret::new("pdns-k3y-91")),
+                tsig: None,
             },
         );
         let ctx = StepContext { resources: &r, timeout: Duration::from_secs(5) };

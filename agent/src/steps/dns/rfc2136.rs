@@ -30,9 +30,8 @@ pub const DEFAULT_UPDATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One zone on one authoritative server, changed with TSIG-signed dynamic updates.
 ///
-/// The agent config has no TSIG fields yet, so steps use the PowerDNS API; wiring TSIG keys
-/// (name, algorithm, secret from env or file) into `resources.dns` is a follow-up. Until then
-/// this driver is a library type, exercised against a real PowerDNS in the integration tests.
+/// Steps use it for a `dns` resource with a TSIG key and no PowerDNS API (BIND, Knot, or
+/// PowerDNS with `dnsupdate=yes`).
 pub struct Rfc2136Driver {
     server: SocketAddr,
     zone: Name,
