@@ -97,6 +97,12 @@ impl Env {
         Ok(Env { cluster, pg, dns, west_app, central_app, agents: vec![a_west, a_central], block })
     }
 
+    /// The canary ids the eu-central server (the new primary after a cutover) holds.
+    pub async fn canary_ids_in_central(&self) -> Result<std::collections::BTreeSet<i64>> {
+        let rows = self.pg.query_standby("SELECT id FROM canary").await?;
+        Ok(rows.iter().filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok())).collect())
+    }
+
     /// Which PostgreSQL port answers at each region's address (for the canary writer).
     pub fn db_ports(&self) -> BTreeMap<Ipv4Addr, u16> {
         BTreeMap::from([

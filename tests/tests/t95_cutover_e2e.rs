@@ -107,8 +107,7 @@ async fn planned_cutover_loses_no_acknowledged_write() -> Result<()> {
     let log = writer.await??;
 
     tracing::info!("--- every acknowledged write is on the new primary; the old one refuses writes");
-    let rows = env.pg.query_standby("SELECT id FROM canary").await?;
-    let present: BTreeSet<i64> = rows.iter().filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok())).collect();
+    let present = env.canary_ids_in_central().await?;
     let lost: Vec<i64> = log.acked.iter().copied().filter(|id| !present.contains(id)).collect();
     ensure!(lost.is_empty(), "{} acknowledged writes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
     ensure!(log.acked.len() > 20, "the writer wrote: {}", log.acked.len());

@@ -6,7 +6,6 @@
 //! promote attempt agrees, and the new primary is exactly one timeline past the old one).
 //! The killed node then restarts, catches up, and the audit chain verifies.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -126,8 +125,7 @@ async fn leader_dies_mid_cutover(block: u8, at: KillAt) -> Result<()> {
     );
 
     tracing::info!("--- every acknowledged write is on the new primary; the old one refuses writes");
-    let rows = env.pg.query_standby("SELECT id FROM canary").await?;
-    let present: BTreeSet<i64> = rows.iter().filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok())).collect();
+    let present = env.canary_ids_in_central().await?;
     let lost: Vec<i64> = log.acked.iter().copied().filter(|id| !present.contains(id)).collect();
     ensure!(lost.is_empty(), "{} acknowledged writes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
     ensure!(log.acked.len() > 20, "the writer wrote: {}", log.acked.len());

@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result};
 use drcut_tests::cutover::{Env, canary};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,8 +39,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::SeqCst);
         let log = writer.await??;
-        let rows = env.pg.query_standby("SELECT id FROM canary").await?;
-        let present: BTreeSet<i64> = rows.iter().filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok())).collect();
+        let present = env.canary_ids_in_central().await?;
         let lost = log.acked.iter().filter(|id| !present.contains(id)).count();
         let show = c.drctl(&["--json", "run", "show", &run]).await?;
         let v: serde_json::Value = serde_json::from_str(&show.stdout)?;

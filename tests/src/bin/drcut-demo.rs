@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result};
 use drcut_tests::cutover::{Env, canary};
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,8 +48,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let log = writer.await??;
-    let rows = env.pg.query_standby("SELECT id FROM canary").await?;
-    let present: BTreeSet<i64> = rows.iter().filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok())).collect();
+    let present = env.canary_ids_in_central().await?;
     let lost = log.acked.iter().filter(|id| !present.contains(id)).count();
     println!("\n==> result: run {}", if ok { "succeeded" } else { "did NOT succeed" });
     println!("    acknowledged writes: {}, lost: {lost} (RPO)", log.acked.len());
