@@ -56,25 +56,7 @@ impl Engine {
 
 fn command(rec: &RunRecord, w: &Work, token: u64) -> Option<(String, StepCommand)> {
     let step = rec.run.plan.steps.get(w.step)?;
-    let act = if w.compensation { step.compensate.clone()? } else { step.act.clone() };
-    // Recompute the params exactly as decide() would for this work (percent, frozen LSN).
-    let mut with = act.with.clone();
-    if let (Some(p), Some(obj)) = (w.phase, with.as_object_mut()) {
-        obj.insert("percent".into(), serde_json::json!(step.phases[p]));
-    }
-    if w.compensation
-        && act.action == "shift_traffic"
-        && let Some(obj) = with.as_object_mut()
-    {
-        obj.insert("percent".into(), serde_json::json!(0));
-    }
-    if act.action == "wait_replication"
-        && let Some(obj) = with.as_object_mut()
-        && !obj.contains_key("lsn")
-        && let Some(lsn) = rec.run.outputs.values().find_map(|o| o.get("frozen_lsn").cloned())
-    {
-        obj.insert("lsn".into(), lsn);
-    }
+    let act = rec.run.action_for(w)?;
     Some((
         act.region.clone(),
         StepCommand {
@@ -86,7 +68,7 @@ fn command(rec: &RunRecord, w: &Work, token: u64) -> Option<(String, StepCommand
             attempt: w.attempt,
             fencing_token: token,
             action: act.action.clone(),
-            params_json: with.to_string(),
+            params_json: act.with.to_string(),
             timeout_ms: step.timeout_ms as u32,
         },
     ))

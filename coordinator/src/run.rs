@@ -334,14 +334,9 @@ impl Run {
                 if now_ms < self.not_before_ms {
                     return Decision::Wait(Some(self.not_before_ms));
                 }
-                let s = &self.plan.steps[step];
-                let mut act = s.compensate.clone().expect("only steps with a compensation are queued");
-                if s.act.action == "shift_traffic" && act.action == "shift_traffic" {
-                    // Shifting back = the same driver at 0 %.
-                    with_percent(&mut act.with, 0);
-                }
                 let work = Work { step, phase: None, compensation: true, attempt: self.failures + 1 };
-                Decision::Dispatch { work, act, timeout_ms: s.timeout_ms }
+                let act = self.action_for(&work).expect("only steps with a compensation are queued");
+                Decision::Dispatch { work, act, timeout_ms: self.plan.steps[step].timeout_ms }
             }
             RunState::Running => {
                 if let Some(until) = self.dwell_until_ms {
@@ -359,25 +354,39 @@ impl Run {
                 if now_ms < self.not_before_ms {
                     return Decision::Wait(Some(self.not_before_ms));
                 }
-                let mut act = s.act.clone();
                 let phase = if s.phases.is_empty() { None } else { Some(self.phase) };
-                if let Some(p) = phase {
-                    with_percent(&mut act.with, s.phases[p]);
-                }
-                // Catch-up waits for exactly the LSN the freeze recorded: nothing acknowledged
-                // before the freeze can be missing on the promoted standby.
-                if act.action == "wait_replication"
-                    && let Some(obj) = act.with.as_object_mut()
-                    && !obj.contains_key("lsn")
-                    && let Some(lsn) = self.outputs.values().find_map(|o| o.get("frozen_lsn").cloned())
-                {
-                    obj.insert("lsn".into(), lsn);
-                }
                 let work = Work { step: self.cursor, phase, compensation: false, attempt: self.failures + 1 };
+                let act = self.action_for(&work).expect("the cursor is on a step");
                 Decision::Dispatch { work, act, timeout_ms: s.timeout_ms }
             }
             _ => Decision::Wait(None),
         }
+    }
+
+    /// The exact action `work` sends: the step (or its compensation) with its phase's percent,
+    /// and the frozen LSN for a catch-up. Decisions and re-sends after a leader change both
+    /// use it, so a re-sent attempt is byte-for-byte the one first sent.
+    pub fn action_for(&self, work: &Work) -> Option<Action> {
+        let s = self.plan.steps.get(work.step)?;
+        let mut act = if work.compensation { s.compensate.clone()? } else { s.act.clone() };
+        if work.compensation {
+            if s.act.action == "shift_traffic" && act.action == "shift_traffic" {
+                // Shifting back = the same driver at 0 %.
+                with_percent(&mut act.with, 0);
+            }
+        } else if let Some(p) = work.phase {
+            with_percent(&mut act.with, *s.phases.get(p)?);
+        }
+        // Catch-up waits for exactly the LSN the freeze recorded: nothing acknowledged before
+        // the freeze can be missing on the promoted standby.
+        if act.action == "wait_replication"
+            && let Some(obj) = act.with.as_object_mut()
+            && !obj.contains_key("lsn")
+            && let Some(lsn) = self.outputs.values().find_map(|o| o.get("frozen_lsn").cloned())
+        {
+            obj.insert("lsn".into(), lsn);
+        }
+        Some(act)
     }
 
     fn timeout_of(&self, w: &Work) -> u64 {
