@@ -39,13 +39,13 @@ pub use powerdns::PowerDnsApi;
 pub use rfc2136::{DEFAULT_UPDATE_TIMEOUT, Rfc2136Driver};
 pub use split::{Split, Tally};
 
-use super::{StepContext, StepOutcome};
+use super::{StepContext, StepOutcome, budget, parse_params};
 use crate::checks::dns::DnsProbe;
 use crate::checks::millis;
 use crate::config::DnsResource;
 use hickory_proto::rr::Name;
 use serde::Deserialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::IgnoredAny;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -195,18 +195,6 @@ struct VerifyParams {
     tolerance: f64,
 }
 
-/// Deserializes a step's params; the error names the parameter (`verify.queries: invalid
-/// type …`, `missing field `zone``). No params at all count as an empty object.
-pub(super) fn parse_params<T: DeserializeOwned>(params: &serde_json::Value) -> Result<T, String> {
-    let empty = serde_json::Value::Object(Default::default());
-    let value = if params.is_null() { &empty } else { params };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." { format!("bad params: {inner}") } else { format!("param {path}: {inner}") }
-    })
-}
-
 /// The part both steps share: which server, which zone, which name.
 struct Target<'a> {
     resource: &'a DnsResource,
@@ -259,13 +247,6 @@ fn ipv4_list(param: &str, list: &[String]) -> Result<Vec<Ipv4Addr>, String> {
         .enumerate()
         .map(|(i, s)| s.trim().parse().map_err(|_| format!("param {param}[{i}]: {s:?} is not an IPv4 address")))
         .collect()
-}
-
-/// The time a step may spend before reporting: its timeout minus a margin (a tenth, at most
-/// 1 s), so the step reports what it saw instead of being cut off by the outer timeout.
-/// (Shared with `http`; both this and [`parse_params`] would sit better in `steps/mod.rs`.)
-pub(super) fn budget(timeout: Duration) -> Duration {
-    timeout.saturating_sub((timeout / 10).min(Duration::from_secs(1)))
 }
 
 // === repoint_clients ===

@@ -37,8 +37,8 @@
 //! `freeze_writes` / `unfreeze_writes` (maintenance URLs included) belong to the postgres
 //! module. Every params object may carry `inputs` (outputs of earlier steps); ignored here.
 
-use super::dns::{budget, parse_params};
 use super::{StepContext, StepOutcome};
+use super::{budget, parse_params};
 use crate::checks::{error_chain, millis};
 use crate::config::HttpResource;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};

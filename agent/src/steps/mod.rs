@@ -41,6 +41,24 @@ impl StepOutcome {
     }
 }
 
+/// Deserializes a step's params; the error names the parameter (`param verify.queries: invalid
+/// type …`, `missing field `zone``). No params at all count as an empty object.
+pub(crate) fn parse_params<T: serde::de::DeserializeOwned>(params: &serde_json::Value) -> Result<T, String> {
+    let empty = serde_json::Value::Object(Default::default());
+    let value = if params.is_null() { &empty } else { params };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { format!("bad params: {inner}") } else { format!("param {path}: {inner}") }
+    })
+}
+
+/// The time a step may spend before reporting: its timeout minus a margin (a tenth, at most
+/// 1 s), so the step reports what it saw instead of being cut off by the outer timeout.
+pub(crate) fn budget(timeout: Duration) -> Duration {
+    timeout.saturating_sub((timeout / 10).min(Duration::from_secs(1)))
+}
+
 /// Every action this agent can execute.
 pub const ACTIONS: &[&str] = &[
     "freeze_writes",

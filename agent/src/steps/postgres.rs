@@ -50,7 +50,7 @@
 //! promotion is inside the write-unavailability window. SQLSTATE 55000 (not in recovery) means
 //! another attempt or an operator promoted it first.
 
-use super::{StepContext, StepOutcome};
+use super::{StepContext, StepOutcome, budget};
 use crate::checks::{error_chain, millis};
 use crate::secrets::Secret;
 use serde::Deserialize;
@@ -143,12 +143,6 @@ fn with_maintenance(mut o: StepOutcome, ms: f64) -> StepOutcome {
     o
 }
 
-/// The time a step may spend before reporting: its timeout minus a margin (a tenth, at most
-/// 1 s), so a step reports what it saw instead of being cut off by the outer timeout.
-fn budget(timeout: Duration) -> Duration {
-    timeout.saturating_sub((timeout / 10).min(Duration::from_secs(1)))
-}
-
 // === params ===
 
 /// Params of `freeze_writes` and `unfreeze_writes`.
@@ -193,16 +187,9 @@ struct PromoteParams {
     _inputs: IgnoredAny,
 }
 
-/// Deserializes a step's params; the error names the parameter (`param max_lag_bytes: invalid
-/// type …`, `missing field `database``). No params at all count as an empty object.
+/// A step's params (see [`super::parse_params`]).
 fn parse_params<T: DeserializeOwned>(params: &serde_json::Value) -> Result<T, Fail> {
-    let empty = serde_json::Value::Object(Default::default());
-    let value = if params.is_null() { &empty } else { params };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        Fail::Other(if path == "." { format!("bad params: {inner}") } else { format!("param {path}: {inner}") })
-    })
+    super::parse_params(params).map_err(Fail::Other)
 }
 
 // === failures ===
