@@ -348,6 +348,13 @@ impl<'a> Db<'a> {
         Ok(self.within("reading the role", c.query_one("SELECT pg_is_in_recovery()", &[])).await?.get(0))
     }
 
+    /// Whether the server is in recovery, and whether writes are frozen (read-only default).
+    async fn role_and_freeze(&self, c: &Client) -> Result<(bool, bool), Fail> {
+        let sql = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'";
+        let row = self.within("reading the role", c.query_one(sql, &[])).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Sets (or resets) `default_transaction_read_only` server-wide and reloads. Returns the
     /// server's clock just before the reload (µs since the epoch), to tell when it took effect.
     async fn set_read_only(&self, c: &Client, on: bool) -> Result<i64, Fail> {
@@ -568,13 +575,7 @@ async fn freeze_writes(
     let p: FreezeParams = parse_params(params)?;
     let db = Db::open(ctx, &p.database, deadline)?;
     let c = db.connect_own().await?;
-    let row = db
-        .within(
-            "reading the role",
-            c.query_one("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'", &[]),
-        )
-        .await?;
-    let (in_recovery, was_frozen): (bool, bool) = (row.get(0), row.get(1));
+    let (in_recovery, was_frozen) = db.role_and_freeze(&c).await?;
     if in_recovery {
         return Err(db.other("is in recovery (a standby): freeze_writes applies to the primary"));
     }
@@ -629,13 +630,7 @@ async fn unfreeze_writes(
     let p: FreezeParams = parse_params(params)?;
     let db = Db::open(ctx, &p.database, deadline)?;
     let c = db.connect_own().await?;
-    let row = db
-        .within(
-            "reading the role",
-            c.query_one("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'", &[]),
-        )
-        .await?;
-    let (in_recovery, was_frozen): (bool, bool) = (row.get(0), row.get(1));
+    let (in_recovery, was_frozen) = db.role_and_freeze(&c).await?;
     if in_recovery {
         return Err(db.other("is in recovery (a standby) and cannot take writes: promote it first"));
     }
