@@ -47,6 +47,8 @@ fn hello(cfg: &AgentConfig, checks: &[CheckInfo]) -> Hello {
         version: env!("CARGO_PKG_VERSION").to_string(),
         capabilities: capabilities.into_iter().collect(),
         checks: checks.to_vec(),
+        // Set once self-fencing is configured (a postgres resource's `self_fence`).
+        self_fence_after_ms: 0,
     }
 }
 

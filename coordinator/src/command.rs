@@ -244,6 +244,9 @@ pub struct AgentRecord {
     pub version: String,
     /// What it can do.
     pub capabilities: Vec<String>,
+    /// Self-fencing delay without a lease (0 = off).
+    #[serde(default)]
+    pub self_fence_after_ms: u64,
 }
 
 /// Health state of a check (as one vantage sees it) or of a region.

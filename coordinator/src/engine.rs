@@ -26,6 +26,10 @@ pub struct Engine {
     sessions: Mutex<BTreeMap<String, (String, Outbound)>>,
     sent: Mutex<HashSet<(String, u64, Work)>>,
     seq: AtomicU64,
+    /// Per agent: when this leader last granted it a lease.
+    leases: Mutex<BTreeMap<String, i64>>,
+    /// When this node last became leader (0: not leading).
+    leader_since: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
@@ -40,6 +44,23 @@ impl Engine {
         if g.get(agent).is_some_and(|(_, t)| t.same_channel(tx)) {
             g.remove(agent);
         }
+    }
+
+    /// This leader granted `agent` a lease at `now`.
+    pub fn lease_granted(&self, agent: &str, now: i64) {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.to_string(), now);
+    }
+
+    /// The latest moment `agent` can hold a lease from: the last grant of this leader, or the
+    /// start of its leadership (a lease from an earlier leader predates that, because an earlier
+    /// leader's grants need a quorum this leader's election took away).
+    pub fn lease_floor(&self, agent: &str) -> Option<i64> {
+        let since = self.leader_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let last = self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(agent).copied().unwrap_or(0);
+        Some(last.max(since))
     }
 
     fn agent_for(&self, region: &str) -> Option<(String, Outbound)> {
@@ -211,7 +232,11 @@ pub async fn run(app: AppRef) {
             r = applied.changed() => if r.is_err() { return },
         }
         if !app.raft.is_leader() {
+            app.engine.leader_since.store(0, Ordering::Relaxed);
             continue;
+        }
+        if app.engine.leader_since.load(Ordering::Relaxed) == 0 {
+            app.engine.leader_since.store(now_ms(), Ordering::Relaxed);
         }
         let term = app.metrics().current_term;
         tick(&app, term).await;

@@ -546,7 +546,13 @@ mod tests {
     }
 
     fn agent(id: &str, region: &str) -> AgentRecord {
-        AgentRecord { agent_id: id.into(), region: region.into(), version: "1".into(), capabilities: vec![] }
+        AgentRecord {
+            agent_id: id.into(),
+            region: region.into(),
+            version: "1".into(),
+            capabilities: vec![],
+            self_fence_after_ms: 0,
+        }
     }
 
     #[test]

@@ -30,6 +30,13 @@ impl AgentLinkService {
     }
 }
 
+/// How long a heartbeat may wait for the leader to confirm its quorum before the ack goes out
+/// without a lease.
+const LEASE_CONFIRM: Duration = Duration::from_millis(500);
+/// The lease granted with an ack (informative: an agent self-fences after its own configured
+/// time without a granted lease).
+const LEASE_MS: u64 = 3000;
+
 type Out = Pin<Box<dyn futures::Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
 fn redirect(app: &AppRef, reason: &str) -> CoordinatorMessage {
@@ -113,6 +120,7 @@ impl AgentLink for AgentLinkService {
             region: hello.region.clone(),
             version: hello.version.clone(),
             capabilities: hello.capabilities.clone(),
+            self_fence_after_ms: hello.self_fence_after_ms,
         };
         let req = Request {
             request_id: String::new(),
@@ -144,7 +152,18 @@ impl AgentLink for AgentLinkService {
                     msg = inbound.next() => match msg {
                         Some(Ok(AgentMessage { body: Some(AgentBody::Heartbeat(hb)) })) => {
                             app.hub.seen(&agent, now_ms());
-                            let ack = CoordBody::HeartbeatAck(HeartbeatAck { seq: hb.seq });
+                            // A lease only from a leader that still holds a quorum: a deposed
+                            // leader cut off with the agent must not keep it from self-fencing.
+                            let quorum = tokio::time::timeout(LEASE_CONFIRM, app.raft.ensure_linearizable(
+                                openraft::raft::ReadPolicy::ReadIndex,
+                            )).await;
+                            let lease_ms = if matches!(quorum, Ok(Ok(_))) {
+                                app.engine.lease_granted(&agent, now_ms());
+                                LEASE_MS
+                            } else {
+                                0
+                            };
+                            let ack = CoordBody::HeartbeatAck(HeartbeatAck { seq: hb.seq, lease_ms });
                             if tx.send(Ok(CoordinatorMessage { body: Some(ack) })).await.is_err() {
                                 break;
                             }
