@@ -166,6 +166,7 @@ async fn main() -> Result<()> {
                 version: "sim".into(),
                 capabilities: vec![],
                 checks,
+                self_fence_after_ms: 0,
             };
             tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await?;
             let mut inbound =
