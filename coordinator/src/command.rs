@@ -71,6 +71,32 @@ pub enum Command {
         /// What happens to it.
         op: RunOp,
     },
+    /// An old primary fenced on its region's return (or the attempt failed).
+    FenceDone {
+        /// The service.
+        service: String,
+        /// The region of the old primary.
+        region: String,
+        /// Fenced and verified.
+        ok: bool,
+        /// What the agent did or saw.
+        detail: String,
+    },
+    /// The automatic policy would have failed the service over but its cooldown holds:
+    /// an operator must acknowledge.
+    FailoverSuppressed {
+        /// The service.
+        service: String,
+        /// Why, with the evidence.
+        reason: String,
+    },
+    /// An operator re-arms automatic failover of a service.
+    AckFailover {
+        /// The service.
+        service: String,
+        /// Their note.
+        note: String,
+    },
     /// Records an event that changes no other state (e.g. who asked for a membership change).
     Record {
         /// Dotted action name.
@@ -91,6 +117,9 @@ impl Command {
             Command::ApplyPlaybook { .. } => "playbook.apply",
             Command::CreateRun { .. } => "run.create",
             Command::UpdateRun { op, .. } => op.action(),
+            Command::FenceDone { .. } => "fence.rejoin",
+            Command::FailoverSuppressed { .. } => "failover.suppressed",
+            Command::AckFailover { .. } => "failover.acknowledged",
             Command::Record { action, .. } => action,
         }
     }
@@ -160,6 +189,43 @@ pub struct RunRecord {
     /// The idempotency key it was started with (empty: none).
     #[serde(default)]
     pub idempotency_key: String,
+    /// Started by the automatic failover policy (actor `system`).
+    #[serde(default)]
+    pub automatic: bool,
+}
+
+/// An old primary that must be fenced when its region returns, and rebuilt before failback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FenceOrder {
+    /// Its region.
+    pub region: String,
+    /// The fence step's settings (database resource, mode), sent to the region's agent.
+    pub with: serde_json::Value,
+    /// The run that left it behind.
+    pub run_id: String,
+    /// When (leader time).
+    pub ordered_ms: i64,
+    /// When its agent fenced it (0: not yet).
+    pub done_ms: i64,
+    /// The agent's last word on it.
+    pub detail: String,
+}
+
+/// Per-service failover state: who holds the primary, fenced old primaries, the cooldown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The service.
+    pub service: String,
+    /// The region holding the primary since the last successful run (empty: as configured).
+    pub primary_region: String,
+    /// Old primaries by region: fenced (or to fence on return) until rebuilt as standbys.
+    pub fences: BTreeMap<String, FenceOrder>,
+    /// The last automatic failover: (run, leader time).
+    pub last_automatic: Option<(String, i64)>,
+    /// An automatic failover the cooldown suppressed, waiting for an acknowledgement.
+    pub ack_requested: Option<String>,
+    /// When an operator last acknowledged (re-arms the policy inside the cooldown).
+    pub acknowledged_ms: i64,
 }
 
 /// A change to a run.
@@ -215,6 +281,42 @@ pub enum RunOp {
         /// Which.
         state: crate::run::RunState,
     },
+    /// An unplanned run skips a source-side step.
+    Skip {
+        /// Step.
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// An unplanned run cannot move: why.
+    Hold {
+        /// Why.
+        reason: String,
+    },
+    /// How the old primary is known to take no writes.
+    ConfirmFencing {
+        /// The confirmation.
+        fencing: crate::run::Fencing,
+    },
+    /// An operator consents to the loss, naming it.
+    Consent {
+        /// Who.
+        who: String,
+        /// The acknowledged bytes named (None: "unknown").
+        bytes: Option<u64>,
+    },
+    /// The leader records the loss an unplanned promotion causes.
+    RecordLoss {
+        /// The measure.
+        loss: crate::run::Loss,
+    },
+    /// An operator promotes without fencing confirmation, naming the risk.
+    OverrideFencing {
+        /// Who.
+        who: String,
+        /// The risk in words.
+        risk: String,
+    },
 }
 
 impl RunOp {
@@ -229,6 +331,12 @@ impl RunOp {
             RunOp::Result { .. } => "run.step_finished",
             RunOp::Gate { .. } => "run.gate",
             RunOp::Finish { .. } => "run.finish",
+            RunOp::Skip { .. } => "run.step_skipped",
+            RunOp::Hold { .. } => "run.hold",
+            RunOp::ConfirmFencing { .. } => "run.fencing_confirmed",
+            RunOp::Consent { .. } => "run.loss_consent",
+            RunOp::RecordLoss { .. } => "run.loss_measured",
+            RunOp::OverrideFencing { .. } => "run.fencing_override",
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::command::{Command, HealthState, Request, RunOp, RunRecord};
 use crate::node::{AppRef, LeaderRequest, now_ms};
-use crate::run::{Decision, Work};
+use crate::run::{Decision, RunMode, Work};
 use drcut_proto::v1::coordinator_message::Body as CoordBody;
 use drcut_proto::v1::{CoordinatorMessage, StepCommand, StepResult};
 use std::collections::{BTreeMap, HashSet};
@@ -30,7 +30,18 @@ pub struct Engine {
     leases: Mutex<BTreeMap<String, i64>>,
     /// When this node last became leader (0: not leading).
     leader_since: std::sync::atomic::AtomicI64,
+    /// Rejoin fences sent by this leader: (service, region) → (attempt, sent at).
+    rejoin: Mutex<BTreeMap<(String, String), (u32, i64)>>,
+    /// When the automatic policy last ran.
+    policy_at: std::sync::atomic::AtomicI64,
 }
+
+/// The step index of a rejoin fence (no step of any plan: the agent records it apart).
+pub const REJOIN_STEP: u32 = u32::MAX;
+/// A rejoin fence without an answer is sent again after this long.
+const REJOIN_RESEND_MS: i64 = 3000;
+/// How often the automatic failover policy looks at the replicated health.
+const POLICY_EVERY_MS: i64 = 200;
 
 impl Engine {
     /// A session opened on this (leading) node.
@@ -61,6 +72,11 @@ impl Engine {
         }
         let last = self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(agent).copied().unwrap_or(0);
         Some(last.max(since))
+    }
+
+    /// Whether `agent` has a session able to take commands.
+    pub fn is_attached(&self, agent: &str) -> bool {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(agent).is_some_and(|(_, tx)| !tx.is_closed())
     }
 
     fn agent_for(&self, region: &str) -> Option<(String, Outbound)> {
@@ -116,7 +132,29 @@ async fn tick(app: &AppRef, term: u64) {
     let now = now_ms();
     for rec in app.view.active_runs() {
         let id = rec.run.id.clone();
-        let res = match rec.run.decide(now) {
+        if rec.run.plan.mode == RunMode::Unplanned
+            && rec.run.loss.is_none()
+            && let Some(loss) = crate::failover::measure_loss(app, &rec.run, now)
+        {
+            if let Err(e) = commit(app, &id, RunOp::RecordLoss { loss }).await {
+                tracing::debug!(run_id = %id, "engine: {e}");
+            }
+            continue;
+        }
+        let facts = crate::failover::facts(app, &rec.run, now);
+        let res = match rec.run.decide_with(now, &facts) {
+            Decision::Skip { step, reason } => {
+                tracing::warn!(run_id = %id, step = %rec.run.plan.steps[step].id, "step skipped: {reason}");
+                commit(app, &id, RunOp::Skip { step, reason }).await
+            }
+            Decision::ConfirmFencing(fencing) => {
+                tracing::warn!(run_id = %id, how = %fencing.how, "old primary counted as fenced: {}", fencing.detail);
+                commit(app, &id, RunOp::ConfirmFencing { fencing }).await
+            }
+            Decision::Hold(reason) => {
+                tracing::warn!(run_id = %id, "run held: {reason}");
+                commit(app, &id, RunOp::Hold { reason }).await
+            }
             Decision::Wait(_) => {
                 if let Some(f) = &rec.run.in_flight {
                     let key = (id.clone(), term, f.work.clone());
@@ -203,8 +241,75 @@ async fn tick(app: &AppRef, term: u64) {
     }
 }
 
+/// Sends the fence of an old primary to its region's agent as soon as one is connected, and
+/// again until it answers: a returning region's database must be fenced before anything else
+/// writes to it.
+fn rejoin_fences(app: &AppRef, term: u64, now: i64) {
+    for (service, sv) in app.view.services() {
+        for (region, order) in sv.fences.iter().filter(|(_, o)| o.done_ms == 0) {
+            let Some((agent, tx)) = app.engine.agent_for(region) else { continue };
+            let key = (service.clone(), region.clone());
+            let attempt = {
+                let mut g = app.engine.rejoin.lock().unwrap_or_else(|p| p.into_inner());
+                let e = g.entry(key).or_insert((0, 0));
+                if e.0 > 0 && now - e.1 < REJOIN_RESEND_MS {
+                    continue;
+                }
+                *e = (e.0 + 1, now);
+                e.0
+            };
+            let token = app.engine.token(term);
+            let cmd = StepCommand {
+                run_id: order.run_id.clone(),
+                step_id: "rejoin-fence".into(),
+                step_index: REJOIN_STEP,
+                phase: -1,
+                compensation: false,
+                // Distinct per leader and attempt, so an agent never answers from an old record.
+                attempt: ((term as u32) << 16) | (attempt & 0xffff),
+                fencing_token: token,
+                action: "fence".into(),
+                params_json: order.with.to_string(),
+                timeout_ms: 30_000,
+            };
+            tracing::warn!(%service, %region, %agent, run_id = %order.run_id, fencing_token = token, "fencing the returning old primary");
+            let _ = tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) }));
+        }
+    }
+}
+
+/// Commits an agent's rejoin fence result.
+async fn on_rejoin_result(app: &AppRef, r: StepResult) {
+    let Some((service, region)) = app.view.services().into_iter().find_map(|(name, sv)| {
+        sv.fences.iter().find(|(_, o)| o.run_id == r.run_id).map(|(region, _)| (name.clone(), region.clone()))
+    }) else {
+        return;
+    };
+    if !r.ok {
+        // Let the next attempt go out at once rather than after the resend delay.
+        app.engine
+            .rejoin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((service.clone(), region.clone()))
+            .and_modify(|e| e.1 = 0);
+    }
+    let req = Request {
+        request_id: String::new(),
+        actor: "engine".into(),
+        at_ms: 0,
+        cmd: Command::FenceDone { service, region, ok: r.ok, detail: r.detail },
+    };
+    if let Err(e) = app.execute(LeaderRequest::Write(req)).await {
+        tracing::warn!(run_id = %r.run_id, "rejoin fence result not committed: {e}");
+    }
+}
+
 /// Commits an agent's result (late or stale results change nothing in apply).
 pub async fn on_result(app: &AppRef, r: StepResult) {
+    if r.step_index == REJOIN_STEP {
+        return on_rejoin_result(app, r).await;
+    }
     let work = Work {
         step: r.step_index as usize,
         phase: (r.phase >= 0).then_some(r.phase as usize),
@@ -240,5 +345,11 @@ pub async fn run(app: AppRef) {
         }
         let term = app.metrics().current_term;
         tick(&app, term).await;
+        let now = now_ms();
+        rejoin_fences(&app, term, now);
+        if now - app.engine.policy_at.load(Ordering::Relaxed) >= POLICY_EVERY_MS {
+            app.engine.policy_at.store(now, Ordering::Relaxed);
+            crate::failover::automatic_tick(&app, now).await;
+        }
     }
 }

@@ -25,6 +25,24 @@ struct Inner {
     model: HealthModel,
     pending: Vec<CheckTransition>,
     live: BTreeMap<String, Liveness>,
+    /// The last report with replication lag per (agent, check). Kept past failures: after the
+    /// primary is lost it is the measure of what was lost.
+    lag: BTreeMap<(String, String), LagSample>,
+}
+
+/// A standby's replication sample as the leader received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LagSample {
+    /// Leader time of arrival.
+    pub at_ms: i64,
+    /// The vantage agent.
+    pub agent: String,
+    /// The check.
+    pub check: String,
+    /// The region of the standby.
+    pub region: String,
+    /// `receive_lag_bytes`, `lag_seconds`, `synchronous`, ...
+    pub values: BTreeMap<String, f64>,
 }
 
 /// Shared by the agent sessions, the ticker and the API.
@@ -38,7 +56,13 @@ impl HealthHub {
     pub fn new(th: Thresholds) -> Self {
         HealthHub {
             th,
-            inner: Mutex::new(Inner { term: 0, model: HealthModel::new(th), pending: vec![], live: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                term: 0,
+                model: HealthModel::new(th),
+                pending: vec![],
+                live: BTreeMap::new(),
+                lag: BTreeMap::new(),
+            }),
         }
     }
 
@@ -90,6 +114,16 @@ impl HealthHub {
         if let Some(l) = g.live.get_mut(agent) {
             l.last_seen_ms = now_ms;
         }
+        if r.values.contains_key("receive_lag_bytes") {
+            let sample = LagSample {
+                at_ms: now_ms,
+                agent: agent.to_string(),
+                check: r.check.clone(),
+                region: r.region.clone(),
+                values: r.values.clone(),
+            };
+            g.lag.insert((agent.to_string(), r.check.clone()), sample);
+        }
         if let Some(t) = g.model.observe(agent, r, now_ms) {
             g.pending.push(t);
         }
@@ -105,6 +139,16 @@ impl HealthHub {
         let checks = std::mem::take(&mut g.pending);
         let regions = g.model.evaluate_regions(&rep.regions, now_ms);
         (checks, regions)
+    }
+
+    /// The latest replication sample of a standby in `region`.
+    pub fn last_lag(&self, region: &str) -> Option<LagSample> {
+        self.lock().lag.values().filter(|s| s.region == region).max_by_key(|s| s.at_ms).cloned()
+    }
+
+    /// Whether `agent` has an open session.
+    pub fn connected(&self, agent: &str) -> bool {
+        self.lock().live.get(agent).is_some_and(|l| l.sessions > 0)
     }
 
     /// Number of open agent sessions.

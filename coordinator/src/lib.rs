@@ -20,6 +20,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod engine;
+pub mod failover;
 pub mod grpc;
 pub mod health;
 pub mod http;

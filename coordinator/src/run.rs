@@ -52,6 +52,80 @@ pub struct PlanStep {
     pub gate_require: String,
 }
 
+/// A planned switchover (the source cooperates) or an unplanned failover (it may be gone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// Every step runs where it says.
+    #[default]
+    Planned,
+    /// Source-side steps are skipped once the source is confirmed down (or fenced otherwise),
+    /// and the promotion waits for fencing and for consent to the measured loss.
+    Unplanned,
+}
+
+/// The failover side of a plan: which region is lost and what loss passes without consent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverPlan {
+    /// The region giving up the service.
+    pub source: String,
+    /// The region taking it over.
+    pub target: String,
+    /// Loss accepted without an operator's consent.
+    pub accept_loss: crate::playbook::LossBudget,
+}
+
+/// What the standby lacked when the source was lost (from the last replication sample before
+/// the loss): a lower bound, since the primary may have written more after the sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    /// False when no sample was taken before the loss: the loss is unknown.
+    pub known: bool,
+    /// WAL bytes the standby had not received.
+    pub bytes: u64,
+    /// Seconds of transactions behind.
+    pub seconds: f64,
+    /// The standby was synchronous: every acknowledged commit had reached it, so the missing
+    /// WAL holds unacknowledged work only.
+    pub synchronous: bool,
+    /// Where the figures come from.
+    pub evidence: String,
+}
+
+impl Loss {
+    /// Acknowledged writes at risk, in WAL bytes (0 when replication was synchronous).
+    pub fn acknowledged_bytes(&self) -> u64 {
+        if self.synchronous { 0 } else { self.bytes }
+    }
+
+    /// Whether it exceeds `budget` (an unknown loss always does).
+    pub fn exceeds(&self, budget: &crate::playbook::LossBudget) -> bool {
+        !self.known
+            || self.acknowledged_bytes() > budget.bytes
+            || (!self.synchronous && self.seconds > budget.seconds as f64)
+    }
+
+    /// One line for operators, e.g. `4096 bytes / 1.2 s of writes (asynchronous standby)`.
+    pub fn text(&self) -> String {
+        if !self.known {
+            return format!("unknown ({})", self.evidence);
+        }
+        if self.synchronous {
+            return format!("0 acknowledged writes (synchronous standby; {} bytes of unacknowledged WAL)", self.bytes);
+        }
+        format!("{} bytes / {:.1} s of writes (asynchronous standby)", self.bytes, self.seconds)
+    }
+}
+
+/// How the run knows the old primary takes no writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fencing {
+    /// `agent` (its fence step ran), `quorum_down`, `self_fence`, `stonith`, or `override`.
+    pub how: String,
+    /// Who or what confirmed it, and when it matters, the risk named.
+    pub detail: String,
+}
+
 /// The steps a run executes, pinned at creation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunPlan {
@@ -62,6 +136,25 @@ pub struct RunPlan {
     pub point_of_no_return: Option<usize>,
     /// Approvals needed from principals other than the requester.
     pub approvals_required: u32,
+    /// Planned or unplanned.
+    #[serde(default)]
+    pub mode: RunMode,
+    /// Set when the playbook handles a region loss.
+    #[serde(default)]
+    pub failover: Option<FailoverPlan>,
+}
+
+/// Facts from outside the record that an unplanned run's decisions depend on (the leader
+/// gathers them; the stepper stays pure).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// The source is confirmed down by the vantage quorum (the reason), from replicated health.
+    pub source_down: Option<String>,
+    /// An agent of the source region has a live session with this leader.
+    pub source_agent: bool,
+    /// The source's agents self-fence: the time by which they have (lease floor + delay +
+    /// margin), with who. None: no self-fencing agent in the source region.
+    pub self_fence_at: Option<(i64, String)>,
 }
 
 /// Where a run stands.
@@ -179,6 +272,21 @@ pub struct Run {
     pub outputs: BTreeMap<String, serde_json::Value>,
     /// Every finished attempt.
     pub history: Vec<Attempt>,
+    /// Steps skipped (an unplanned run's source-side steps), with why.
+    #[serde(default)]
+    pub skipped: BTreeMap<usize, String>,
+    /// Why the run cannot move now (fencing unconfirmed, consent missing); None when it can.
+    #[serde(default)]
+    pub hold: Option<String>,
+    /// Unplanned: how the old primary is known to take no writes.
+    #[serde(default)]
+    pub fencing: Option<Fencing>,
+    /// Unplanned: the data the promotion loses.
+    #[serde(default)]
+    pub loss: Option<Loss>,
+    /// Unplanned: who consented to the loss, naming it.
+    #[serde(default)]
+    pub consent: Option<String>,
 }
 
 /// What the leader should do for a run now.
@@ -208,6 +316,17 @@ pub enum Decision {
     Finish(RunState),
     /// An attempt outlived its timeout: record it as failed.
     TimedOut(Work),
+    /// Skip this (source-side) step of an unplanned run, for this reason.
+    Skip {
+        /// Step.
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Record how the old primary is known to be fenced, then go on.
+    ConfirmFencing(Fencing),
+    /// The run cannot move until an outside event: record why (once).
+    Hold(String),
 }
 
 impl Run {
@@ -231,7 +350,174 @@ impl Run {
             dwell_until_ms: None,
             outputs: BTreeMap::new(),
             history: vec![],
+            skipped: BTreeMap::new(),
+            hold: None,
+            fencing: None,
+            loss: None,
+            consent: None,
         }
+    }
+
+    /// The source region of an unplanned run.
+    fn unplanned_source(&self) -> Option<&str> {
+        match (&self.plan.mode, &self.plan.failover) {
+            (RunMode::Unplanned, Some(f)) => Some(f.source.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Consent to the measured loss. The operator names it: `bytes` must equal the recorded
+    /// acknowledged loss (or be `None` for an unknown loss), so nobody consents to a figure
+    /// they have not read.
+    pub fn consent(&mut self, who: &str, bytes: Option<u64>) -> Result<(), String> {
+        if self.state.is_terminal() {
+            return Err(format!("run {} already ended", self.id));
+        }
+        let Some(loss) = &self.loss else {
+            return Err(format!("run {} has no measured loss to consent to", self.id));
+        };
+        let expected = loss.known.then(|| loss.acknowledged_bytes());
+        if bytes != expected {
+            let name = |b: Option<u64>| b.map_or("unknown".to_string(), |b| b.to_string());
+            return Err(format!(
+                "run {} would lose {}: consent must name that loss (--accept-loss {}), not {}",
+                self.id,
+                loss.text(),
+                name(expected),
+                name(bytes)
+            ));
+        }
+        self.consent = Some(format!("{who} accepted the loss of {}", loss.text()));
+        self.hold = None;
+        Ok(())
+    }
+
+    /// An operator takes the risk of promoting without fencing confirmation, naming it.
+    pub fn override_fencing(&mut self, who: &str, risk: &str) -> Result<(), String> {
+        if self.unplanned_source().is_none() {
+            return Err(format!("run {} is not an unplanned failover: nothing to override", self.id));
+        }
+        if self.state.is_terminal() {
+            return Err(format!("run {} already ended", self.id));
+        }
+        if risk.trim().len() < 10 {
+            return Err(
+                "an override must name the risk in words (e.g. \"eu-west primary may still take writes\")".into()
+            );
+        }
+        self.fencing = Some(Fencing { how: "override".into(), detail: format!("{who}: {risk}") });
+        self.hold = None;
+        Ok(())
+    }
+
+    /// The gates an unplanned run passes before a step (None: go on). Source-side steps are
+    /// skipped when the source is gone, and the promotion needs fencing and consent.
+    fn unplanned_gate(&self, step: usize, now_ms: i64, facts: &Facts) -> Option<Decision> {
+        let source = self.unplanned_source()?;
+        let s = &self.plan.steps[step];
+        let on_source = s.act.region == source;
+        let fenced_by_step =
+            self.plan.steps.iter().enumerate().any(|(i, st)| {
+                st.act.action == "fence" && self.completed.contains(&i) && !self.skipped.contains_key(&i)
+            });
+        if on_source {
+            if let Some(reason) = &facts.source_down {
+                return Some(Decision::Skip { step, reason: format!("source {source} confirmed down: {reason}") });
+            }
+            if facts.source_agent {
+                return None;
+            }
+            if let Some(f) = &self.fencing {
+                return Some(Decision::Skip {
+                    step,
+                    reason: format!("source {source} unreachable; fenced ({}: {})", f.how, f.detail),
+                });
+            }
+            return Some(self.fencing_decision(source, now_ms, facts));
+        }
+        if Some(step) == self.plan.point_of_no_return {
+            if self.fencing.is_none() && !fenced_by_step {
+                if let Some(reason) = &facts.source_down {
+                    return Some(Decision::ConfirmFencing(Fencing {
+                        how: "quorum_down".into(),
+                        detail: format!("{source} unreachable from the vantage quorum: {reason}"),
+                    }));
+                }
+                if !facts.source_agent {
+                    return Some(self.fencing_decision(source, now_ms, facts));
+                }
+                let reason = format!(
+                    "promotion needs the old primary in {source} fenced first: add a fence step on {source}, \
+                     or override naming the risk"
+                );
+                return Some(self.hold_or_wait(reason, None));
+            }
+            if let Some(loss) = &self.loss
+                && self.consent.is_none()
+                && let Some(f) = &self.plan.failover
+                && loss.exceeds(&f.accept_loss)
+            {
+                let named = if loss.known { loss.acknowledged_bytes().to_string() } else { "unknown".into() };
+                let reason = format!(
+                    "promotion would lose {}, above the accepted {} bytes / {} s: consent naming it \
+                     (drctl approve {} --accept-loss {named})",
+                    loss.text(),
+                    f.accept_loss.bytes,
+                    f.accept_loss.seconds,
+                    self.id
+                );
+                return Some(self.hold_or_wait(reason, None));
+            }
+        }
+        None
+    }
+
+    /// The source is neither confirmed down nor reachable: its primary may still take writes.
+    fn fencing_decision(&self, source: &str, now_ms: i64, facts: &Facts) -> Decision {
+        if let Some((at, who)) = &facts.self_fence_at {
+            if now_ms >= *at {
+                return Decision::ConfirmFencing(Fencing {
+                    how: "self_fence".into(),
+                    detail: format!("{who}: no lease for longer than its self-fencing delay"),
+                });
+            }
+            let reason = format!("waiting until {at} for {who} to self-fence (its lease has lapsed)");
+            return self.hold_or_wait(reason, Some(*at));
+        }
+        let reason = format!(
+            "source {source} is not confirmed down and no agent there answers: its primary may still take \
+             writes. Promote only with fencing confirmation (self-fencing, a STONITH fence step) or an \
+             override naming the risk (drctl run override {} --risk TEXT)",
+            self.id
+        );
+        self.hold_or_wait(reason, None)
+    }
+
+    fn hold_or_wait(&self, reason: String, until: Option<i64>) -> Decision {
+        if self.hold.as_deref() == Some(reason.as_str()) { Decision::Wait(until) } else { Decision::Hold(reason) }
+    }
+
+    /// Records a skipped step: it counts as done (its compensation never runs).
+    pub fn record_skip(&mut self, step: usize, reason: &str) -> bool {
+        if self.cursor != step || self.in_flight.is_some() || self.state != RunState::Running {
+            return false;
+        }
+        self.skipped.insert(step, reason.to_string());
+        self.cursor += 1;
+        self.phase = 0;
+        self.failures = 0;
+        self.hold = None;
+        true
+    }
+
+    /// The old primary is known to take no writes.
+    pub fn record_fencing(&mut self, f: Fencing) -> bool {
+        if self.fencing.is_some() {
+            return false;
+        }
+        self.fencing = Some(f);
+        self.hold = None;
+        true
     }
 
     /// Records an approval; the requester can never approve their own run, nor anyone twice.
@@ -313,8 +599,13 @@ impl Run {
         self.state = RunState::RollingBack { reason };
     }
 
-    /// The decision for now.
+    /// The decision for now (a planned run needs no facts: see [`Run::decide_with`]).
     pub fn decide(&self, now_ms: i64) -> Decision {
+        self.decide_with(now_ms, &Facts::default())
+    }
+
+    /// The decision for now, given the outside facts an unplanned run depends on.
+    pub fn decide_with(&self, now_ms: i64, facts: &Facts) -> Decision {
         if let Some(f) = &self.in_flight {
             let timeout = self.timeout_of(&f.work);
             let deadline = f.started_ms + timeout as i64;
@@ -354,6 +645,11 @@ impl Run {
                 if now_ms < self.not_before_ms {
                     return Decision::Wait(Some(self.not_before_ms));
                 }
+                if self.phase == 0
+                    && let Some(d) = self.unplanned_gate(self.cursor, now_ms, facts)
+                {
+                    return d;
+                }
                 let phase = if s.phases.is_empty() { None } else { Some(self.phase) };
                 let work = Work { step: self.cursor, phase, compensation: false, attempt: self.failures + 1 };
                 let act = self.action_for(&work).expect("the cursor is on a step");
@@ -382,9 +678,18 @@ impl Run {
         if act.action == "wait_replication"
             && let Some(obj) = act.with.as_object_mut()
             && !obj.contains_key("lsn")
-            && let Some(lsn) = self.outputs.values().find_map(|o| o.get("frozen_lsn").cloned())
         {
-            obj.insert("lsn".into(), lsn);
+            match self.outputs.values().find_map(|o| o.get("frozen_lsn").cloned()) {
+                Some(lsn) => {
+                    obj.insert("lsn".into(), lsn);
+                }
+                // The source is gone and froze nothing: replay everything the standby
+                // received, then report where it stands (the loss is measured, not waited away).
+                None if self.plan.mode == RunMode::Unplanned => {
+                    obj.insert("drain".into(), serde_json::json!(true));
+                }
+                None => {}
+            }
         }
         Some(act)
     }
@@ -395,6 +700,7 @@ impl Run {
 
     /// The intent of `work` is committed with `token`.
     pub fn record_dispatch(&mut self, work: Work, fencing_token: u64, now_ms: i64) {
+        self.hold = None;
         self.in_flight = Some(InFlight { work, fencing_token, started_ms: now_ms });
     }
 
@@ -526,7 +832,124 @@ mod tests {
             ],
             point_of_no_return: Some(2),
             approvals_required: approvals,
+            mode: RunMode::Planned,
+            failover: None,
         }
+    }
+
+    /// An unplanned plan: freeze and fence on the source `w`, the rest on the target `c`.
+    fn unplanned(accept_bytes: u64) -> RunPlan {
+        let on = |id: &str, action: &str, region: &str| {
+            let mut s = step(id, action, None);
+            s.act.region = region.into();
+            s
+        };
+        RunPlan {
+            steps: vec![
+                on("freeze", "freeze_writes", "w"),
+                on("catch-up", "wait_replication", "c"),
+                on("fence", "fence", "w"),
+                on("promote", "promote_db", "c"),
+                on("smoke", "smoke", "c"),
+            ],
+            point_of_no_return: Some(3),
+            approvals_required: 0,
+            mode: RunMode::Unplanned,
+            failover: Some(FailoverPlan {
+                source: "w".into(),
+                target: "c".into(),
+                accept_loss: crate::playbook::LossBudget { bytes: accept_bytes, seconds: 0 },
+            }),
+        }
+    }
+
+    fn loss(bytes: u64, synchronous: bool) -> Loss {
+        Loss { known: true, bytes, seconds: 0.5, synchronous, evidence: "test".into() }
+    }
+
+    /// Applies what `decide_with` asks until it dispatches or waits; returns that decision.
+    fn settle(r: &mut Run, now: i64, f: &Facts) -> Decision {
+        loop {
+            match r.decide_with(now, f) {
+                Decision::Skip { step, reason } => assert!(r.record_skip(step, &reason)),
+                Decision::ConfirmFencing(x) => assert!(r.record_fencing(x)),
+                Decision::Hold(h) => r.hold = Some(h),
+                d => return d,
+            }
+        }
+    }
+
+    #[test]
+    fn unplanned_skips_the_source_when_the_quorum_says_down_and_records_the_fence() {
+        let mut r = Run::new("r1", "wallet", unplanned(0), "system");
+        r.loss = Some(loss(0, true));
+        let down = Facts { source_down: Some("2 of 3 see it down".into()), ..Default::default() };
+        let Decision::Dispatch { act, .. } = settle(&mut r, 0, &down) else { panic!() };
+        assert!(r.skipped.contains_key(&0), "freeze skipped");
+        // No frozen LSN: the catch-up drains what the standby received.
+        assert_eq!((act.action.as_str(), &act.with["drain"]), ("wait_replication", &json!(true)));
+        let w = drive(&mut r, 1, true);
+        assert_eq!(w.step, 1);
+        let Decision::Dispatch { act, .. } = settle(&mut r, 2, &down) else { panic!() };
+        assert_eq!(act.action, "promote_db");
+        assert!(r.skipped.contains_key(&2), "fence deferred");
+        assert_eq!(r.fencing.as_ref().map(|f| f.how.as_str()), Some("quorum_down"));
+    }
+
+    #[test]
+    fn unplanned_source_alive_but_unreachable_needs_fencing_or_an_override() {
+        let mut r = Run::new("r1", "wallet", unplanned(0), "system");
+        r.loss = Some(loss(0, false));
+        let cut = Facts::default();
+        assert_eq!(settle(&mut r, 0, &cut), Decision::Wait(None));
+        assert!(r.hold.as_deref().unwrap().contains("override"), "{:?}", r.hold);
+        // The same hold is not recorded twice.
+        assert_eq!(r.decide_with(1, &cut), Decision::Wait(None));
+        assert!(r.override_fencing("bob", "short").is_err());
+        r.override_fencing("bob", "eu-west primary may still take writes").unwrap();
+        assert!(matches!(settle(&mut r, 2, &cut), Decision::Dispatch { .. }));
+        assert!(r.skipped.contains_key(&0));
+
+        // With self-fencing: wait for the lease to lapse, then count it fenced.
+        let mut r = Run::new("r2", "wallet", unplanned(0), "system");
+        r.loss = Some(loss(0, false));
+        let sf = Facts { self_fence_at: Some((5000, "agent-w".into())), ..Default::default() };
+        assert_eq!(settle(&mut r, 100, &sf), Decision::Wait(Some(5000)));
+        assert!(matches!(settle(&mut r, 5000, &sf), Decision::Dispatch { .. }));
+        assert_eq!(r.fencing.as_ref().map(|f| f.how.as_str()), Some("self_fence"));
+    }
+
+    #[test]
+    fn unplanned_source_reachable_runs_its_steps() {
+        let mut r = Run::new("r1", "wallet", unplanned(0), "alice");
+        r.loss = Some(loss(0, false));
+        let up = Facts { source_agent: true, ..Default::default() };
+        let Decision::Dispatch { act, .. } = settle(&mut r, 0, &up) else { panic!() };
+        assert_eq!(act.action, "freeze_writes");
+    }
+
+    #[test]
+    fn unplanned_promotion_waits_for_consent_naming_the_loss() {
+        let mut r = Run::new("r1", "wallet", unplanned(100), "system");
+        r.loss = Some(loss(4096, false));
+        let down = Facts { source_down: Some("down".into()), ..Default::default() };
+        settle(&mut r, 0, &down);
+        drive(&mut r, 1, true); // catch-up
+        assert_eq!(settle(&mut r, 2, &down), Decision::Wait(None));
+        let hold = r.hold.clone().unwrap();
+        assert!(hold.contains("--accept-loss 4096"), "{hold}");
+        assert!(r.consent("bob", Some(100)).unwrap_err().contains("4096"));
+        assert!(r.consent("bob", None).is_err());
+        r.consent("bob", Some(4096)).unwrap();
+        let Decision::Dispatch { act, .. } = settle(&mut r, 3, &down) else { panic!() };
+        assert_eq!(act.action, "promote_db");
+
+        // A synchronous standby lost no acknowledged write: no consent needed.
+        let mut r = Run::new("r2", "wallet", unplanned(0), "system");
+        r.loss = Some(loss(4096, true));
+        settle(&mut r, 0, &down);
+        drive(&mut r, 1, true);
+        assert!(matches!(settle(&mut r, 2, &down), Decision::Dispatch { .. }));
     }
 
     /// Dispatches what `decide` asks and records `ok` for it; returns the work.

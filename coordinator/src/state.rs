@@ -6,8 +6,8 @@
 
 use crate::audit::{AuditEntry, GENESIS_HASH};
 use crate::command::{
-    AgentRecord, CheckStatus, CheckTransition, ClusterMeta, Command, HealthState, Outcome, Region, RegionStatus,
-    RegionTransition, Rejection, Request, Response, RunOp, RunRecord, StoredPlaybook,
+    AgentRecord, CheckStatus, CheckTransition, ClusterMeta, Command, FenceOrder, HealthState, Outcome, Region,
+    RegionStatus, RegionTransition, Rejection, Request, Response, Role, RunOp, RunRecord, ServiceState, StoredPlaybook,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,6 +62,8 @@ pub enum Change {
     Playbook(StoredPlaybook),
     /// A run was created or changed.
     Run(Box<RunRecord>),
+    /// A service's failover state changed.
+    Service(ServiceState),
 }
 
 /// The replicated state (audit entries live in the store; only the chain's head is here).
@@ -83,6 +85,8 @@ pub struct State {
     pub playbooks: BTreeMap<String, StoredPlaybook>,
     /// Runs by id.
     pub runs: BTreeMap<String, RunRecord>,
+    /// Failover state by service.
+    pub services: BTreeMap<String, ServiceState>,
     /// Request ids by the log index that first applied them, oldest first (for eviction).
     pub(crate) request_order: BTreeMap<u64, String>,
 }
@@ -244,9 +248,25 @@ impl State {
                     "playbook_hash": rec.playbook_hash, "params": rec.params, "reason": rec.reason,
                     "approvals_required": rec.run.plan.approvals_required,
                 });
-                self.runs.insert(rec.run.id.clone(), rec.clone());
+                let (id, service, automatic) = (rec.run.id.clone(), rec.run.service.clone(), rec.automatic);
+                let mut details = details;
+                if let Some(o) = details.as_object_mut() {
+                    o.insert("mode".into(), serde_json::to_value(rec.run.plan.mode).unwrap_or_default());
+                    o.insert("automatic".into(), serde_json::json!(automatic));
+                    if let Some(l) = &rec.run.loss {
+                        o.insert("expected_loss".into(), serde_json::to_value(l).unwrap_or_default());
+                    }
+                }
+                self.runs.insert(id.clone(), rec.clone());
                 changes.push(Change::Run(Box::new(rec)));
                 self.audit(log_index, req.at_ms, &req.actor, "run.create", details, changes);
+                if automatic {
+                    let sv = self.service_mut(&service);
+                    sv.last_automatic = Some((id, req.at_ms));
+                    sv.ack_requested = None;
+                    let sv = sv.clone();
+                    changes.push(Change::Service(sv));
+                }
                 Ok(Outcome::Run { run_id: record.run.id.clone() })
             }
             Command::UpdateRun { run_id, op } => {
@@ -286,6 +306,28 @@ impl State {
                             Ok(true)
                         }
                     }
+                    RunOp::Skip { step, reason } => Ok(r.record_skip(*step, reason)),
+                    RunOp::Hold { reason } => {
+                        if r.state.is_terminal() || r.hold.as_deref() == Some(reason.as_str()) {
+                            Ok(false)
+                        } else {
+                            r.hold = Some(reason.clone());
+                            Ok(true)
+                        }
+                    }
+                    RunOp::ConfirmFencing { fencing } => {
+                        Ok(!r.state.is_terminal() && r.record_fencing(fencing.clone()))
+                    }
+                    RunOp::Consent { who, bytes } => r.consent(who, *bytes).map(|_| true),
+                    RunOp::RecordLoss { loss } => {
+                        if r.loss.is_some() || r.state.is_terminal() {
+                            Ok(false)
+                        } else {
+                            r.loss = Some(loss.clone());
+                            Ok(true)
+                        }
+                    }
+                    RunOp::OverrideFencing { who, risk } => r.override_fencing(who, risk).map(|_| true),
                 };
                 let applied = res.map_err(|m| (Rejection::FailedPrecondition, m))?;
                 if !applied {
@@ -302,9 +344,53 @@ impl State {
                     o.insert("state".into(), serde_json::to_value(&rec.run.state).unwrap_or_default());
                 }
                 self.runs.insert(run_id.clone(), rec.clone());
+                self.after_run_change(&rec, op, req.at_ms, changes);
                 changes.push(Change::Run(Box::new(rec)));
                 self.audit(log_index, req.at_ms, &req.actor, op.action(), details, changes);
                 Ok(Outcome::Run { run_id: run_id.clone() })
+            }
+            Command::FenceDone { service, region, ok, detail } => {
+                let Some(order) = self.services.get_mut(service).and_then(|sv| sv.fences.get_mut(region)) else {
+                    return Err((Rejection::FailedPrecondition, format!("no fence order for {service} in {region}")));
+                };
+                if order.done_ms != 0 && !ok {
+                    // A failed repeat never un-does a fence that held.
+                    return Ok(Outcome::Done);
+                }
+                order.detail = detail.clone();
+                if *ok {
+                    order.done_ms = req.at_ms;
+                }
+                let sv = self.services[service].clone();
+                changes.push(Change::Service(sv));
+                let details = serde_json::json!({"service": service, "region": region, "ok": ok, "detail": detail});
+                self.audit(log_index, req.at_ms, &req.actor, "fence.rejoin", details, changes);
+                Ok(Outcome::Done)
+            }
+            Command::FailoverSuppressed { service, reason } => {
+                let sv = self.service_mut(service);
+                if sv.ack_requested.is_some() {
+                    return Ok(Outcome::Done);
+                }
+                sv.ack_requested = Some(reason.clone());
+                let sv = sv.clone();
+                changes.push(Change::Service(sv));
+                let details = serde_json::json!({"service": service, "reason": reason, "ack": "drctl failover ack"});
+                self.audit(log_index, req.at_ms, &req.actor, "failover.suppressed", details, changes);
+                Ok(Outcome::Done)
+            }
+            Command::AckFailover { service, note } => {
+                if !self.services.contains_key(service) && !self.runs.values().any(|r| &r.run.service == service) {
+                    return Err((Rejection::InvalidArgument, format!("unknown service {service:?}")));
+                }
+                let sv = self.service_mut(service);
+                let pending = sv.ack_requested.take();
+                sv.acknowledged_ms = req.at_ms;
+                let sv = sv.clone();
+                changes.push(Change::Service(sv));
+                let details = serde_json::json!({"service": service, "note": note, "suppressed": pending});
+                self.audit(log_index, req.at_ms, &req.actor, "failover.acknowledged", details, changes);
+                Ok(Outcome::Done)
             }
             Command::Record { action, details } => {
                 if action.is_empty() {
@@ -313,6 +399,63 @@ impl State {
                 self.audit(log_index, req.at_ms, &req.actor, action, details.clone(), changes);
                 Ok(Outcome::Done)
             }
+        }
+    }
+
+    fn service_mut(&mut self, service: &str) -> &mut ServiceState {
+        self.services
+            .entry(service.to_string())
+            .or_insert_with(|| ServiceState { service: service.to_string(), ..Default::default() })
+    }
+
+    /// What a run's change means for its service: a skipped source fence becomes an order for
+    /// the region's return; a rebuilt standby clears it; a finished failover moves the primary.
+    fn after_run_change(&mut self, rec: &RunRecord, op: &RunOp, at_ms: i64, changes: &mut Vec<Change>) {
+        let run = &rec.run;
+        let service = run.service.clone();
+        match op {
+            RunOp::Skip { step, .. } => {
+                let st = &run.plan.steps[*step];
+                if st.act.action == "fence" && st.act.with.get("database").is_some() {
+                    let order = FenceOrder {
+                        region: st.act.region.clone(),
+                        with: st.act.with.clone(),
+                        run_id: run.id.clone(),
+                        ordered_ms: at_ms,
+                        done_ms: 0,
+                        detail: "to fence when its region returns".into(),
+                    };
+                    let sv = self.service_mut(&service);
+                    sv.fences.insert(order.region.clone(), order);
+                    let sv = sv.clone();
+                    changes.push(Change::Service(sv));
+                }
+            }
+            RunOp::Result { work, ok: true, .. } if !work.compensation => {
+                let st = &run.plan.steps[work.step];
+                if st.act.action == "rebuild_standby" && run.completed.contains(&work.step) {
+                    let sv = self.service_mut(&service);
+                    if sv.fences.remove(&st.act.region).is_some() {
+                        let sv = sv.clone();
+                        changes.push(Change::Service(sv));
+                    }
+                }
+            }
+            RunOp::Finish { state: crate::run::RunState::Succeeded } => {
+                let Some(f) = &run.plan.failover else { return };
+                let (source, target) = (f.source.clone(), f.target.clone());
+                let sv = self.service_mut(&service);
+                sv.primary_region = target.clone();
+                let sv = sv.clone();
+                changes.push(Change::Service(sv));
+                for (region, role) in [(source, Role::Standby), (target, Role::Primary)] {
+                    if let Some(r) = self.regions.get_mut(&region) {
+                        r.roles.insert(service.clone(), role);
+                        changes.push(Change::Region(r.clone()));
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

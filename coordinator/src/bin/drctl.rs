@@ -59,6 +59,9 @@ enum Cmd {
         /// NAME=VALUE, repeatable.
         #[arg(long = "param")]
         params: Vec<String>,
+        /// Plan an unplanned failover (the source may be gone).
+        #[arg(long)]
+        unplanned: bool,
     },
     /// Start cutovers.
     #[command(subcommand)]
@@ -66,11 +69,18 @@ enum Cmd {
     /// Inspect and steer runs.
     #[command(subcommand)]
     Run(RunCmd),
-    /// Approve a run (the requester cannot approve their own).
+    /// Approve a run (the requester cannot approve their own), or consent to the loss an
+    /// unplanned promotion causes (--accept-loss, naming it as the run states it).
     Approve {
         /// Run id.
         run: String,
+        /// The acknowledged WAL bytes the run says it would lose, or "unknown".
+        #[arg(long)]
+        accept_loss: Option<String>,
     },
+    /// Automatic failover policy.
+    #[command(subcommand)]
+    Failover(FailoverCmd),
     /// Pause every active run at its next safe point.
     Halt {
         /// Why.
@@ -101,6 +111,18 @@ enum PlaybookCmd {
 }
 
 #[derive(Subcommand)]
+enum FailoverCmd {
+    /// Re-arm automatic failover of a service inside its cooldown (after a suppressed one).
+    Ack {
+        /// The service.
+        service: String,
+        /// What was checked (recorded in the audit chain).
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum CutoverCmd {
     /// Start a cutover; --request-id is its idempotency key.
     Start {
@@ -115,6 +137,10 @@ enum CutoverCmd {
         /// Follow the run until it ends; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        /// An unplanned failover: source-side steps are skipped once the source is confirmed
+        /// down, and the promotion waits for fencing and for consent to the measured loss.
+        #[arg(long)]
+        unplanned: bool,
     },
 }
 
@@ -148,6 +174,15 @@ enum RunCmd {
     Resume {
         /// Run id.
         run: String,
+    },
+    /// Promote without fencing confirmation: the old primary may still take writes. Name the
+    /// risk you take (recorded in the run and the audit chain).
+    Override {
+        /// Run id.
+        run: String,
+        /// The risk, in words.
+        #[arg(long)]
+        risk: String,
     },
     /// Stop a run where it is.
     Abort {
@@ -392,12 +427,13 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Plan { playbook, params } => {
+        Cmd::Plan { playbook, params, unplanned } => {
             let r = pb::StartCutoverRequest {
                 ctx: ctx(cli),
                 playbook: playbook.clone(),
                 params: parse_params(params)?,
                 reason: String::new(),
+                unplanned: *unplanned,
             };
             let reply = client
                 .call(|mut c| {
@@ -422,12 +458,13 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Cutover(CutoverCmd::Start { playbook, params, reason, wait }) => {
+        Cmd::Cutover(CutoverCmd::Start { playbook, params, reason, wait, unplanned }) => {
             let r = pb::StartCutoverRequest {
                 ctx: ctx(cli),
                 playbook: playbook.clone(),
                 params: parse_params(params)?,
                 reason: reason.clone(),
+                unplanned: *unplanned,
             };
             let info = client
                 .call(|mut c| {
@@ -481,9 +518,46 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::Run(RunCmd::Pause { run, reason }) => run_action(cli, &client, RunAct::Pause, run, reason).await,
         Cmd::Run(RunCmd::Resume { run }) => run_action(cli, &client, RunAct::Resume, run, "").await,
         Cmd::Run(RunCmd::Abort { run, reason }) => run_action(cli, &client, RunAct::Abort, run, reason).await,
-        Cmd::Approve { run } => run_action(cli, &client, RunAct::Approve, run, "").await,
+        Cmd::Approve { run, accept_loss } => {
+            let act = match accept_loss {
+                Some(l) => RunAct::Consent(l.clone()),
+                None => RunAct::Approve,
+            };
+            run_action(cli, &client, act, run, "").await
+        }
+        Cmd::Run(RunCmd::Override { run, risk }) => {
+            let r = pb::OverrideFencingRequest { ctx: ctx(cli), run_id: run.clone(), risk: risk.clone() };
+            let info = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.override_fencing(r).await }
+                })
+                .await?;
+            print_run(cli, &info);
+            Ok(())
+        }
+        Cmd::Failover(FailoverCmd::Ack { service, note }) => {
+            let r = pb::AckFailoverRequest { ctx: ctx(cli), service: service.clone(), note: note.clone() };
+            let reply = client
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.ack_failover(r).await }
+                })
+                .await?;
+            if cli.json {
+                println!("{}", reply.state_json);
+            } else {
+                println!("automatic failover of {} re-armed", reply.service);
+            }
+            Ok(())
+        }
         Cmd::Halt { reason } => {
-            let r = pb::RunActionRequest { ctx: ctx(cli), run_id: String::new(), reason: reason.clone() };
+            let r = pb::RunActionRequest {
+                ctx: ctx(cli),
+                run_id: String::new(),
+                reason: reason.clone(),
+                accept_loss: String::new(),
+            };
             let reply = client
                 .call(|mut c| {
                     let r = r.clone();
@@ -712,20 +786,22 @@ fn parse_params(params: &[String]) -> Result<std::collections::HashMap<String, S
 
 enum RunAct {
     Approve,
+    Consent(String),
     Pause,
     Resume,
     Abort,
 }
 
 async fn run_action(cli: &Cli, client: &Client, act: RunAct, run: &str, reason: &str) -> Result<(), Fail> {
-    let r = pb::RunActionRequest { ctx: ctx(cli), run_id: run.to_string(), reason: reason.to_string() };
+    let accept_loss = if let RunAct::Consent(l) = &act { l.clone() } else { String::new() };
+    let r = pb::RunActionRequest { ctx: ctx(cli), run_id: run.to_string(), reason: reason.to_string(), accept_loss };
     let info = client
         .call(|mut c| {
             let r = r.clone();
             let act = &act;
             async move {
                 match act {
-                    RunAct::Approve => c.approve_run(r).await,
+                    RunAct::Approve | RunAct::Consent(_) => c.approve_run(r).await,
                     RunAct::Pause => c.pause_run(r).await,
                     RunAct::Resume => c.resume_run(r).await,
                     RunAct::Abort => c.abort_run(r).await,
@@ -779,6 +855,31 @@ fn print_run(cli: &Cli, i: &pb::RunInfo) {
             ms,
             a["detail"].as_str().unwrap_or_default()
         );
+    }
+    for (idx, why) in rec["run"]["skipped"].as_object().into_iter().flatten() {
+        let id = idx.parse::<usize>().ok().and_then(|n| steps.get(n)).and_then(|s| s["id"].as_str()).unwrap_or("?");
+        println!("  skip {id:<16} {}", why.as_str().unwrap_or_default());
+    }
+    let run = &rec["run"];
+    if let Some(l) = run["loss"].as_object() {
+        let text = if l["known"] == true {
+            format!(
+                "{} bytes / {:.1} s behind{} ({})",
+                l["bytes"],
+                l["seconds"].as_f64().unwrap_or(0.0),
+                if l["synchronous"] == true { ", synchronous: 0 acknowledged writes" } else { "" },
+                l["evidence"].as_str().unwrap_or_default()
+            )
+        } else {
+            format!("unknown ({})", l["evidence"].as_str().unwrap_or_default())
+        };
+        println!("data loss: {text}");
+    }
+    if let Some(f) = run["fencing"].as_object() {
+        println!("fencing: {} ({})", f["how"].as_str().unwrap_or_default(), f["detail"].as_str().unwrap_or_default());
+    }
+    if let Some(c) = run["consent"].as_str() {
+        println!("consent: {c}");
     }
     let f = run_figures(&rec);
     if i.ended_unix_ms > 0 {

@@ -235,7 +235,8 @@ impl Control for ControlService {
     async fn plan_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::PlanReply>, Status> {
         let r = req.into_inner();
         let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
-        let (blockers, now) = super::runs::preflight(&self.app, &resolved).await;
+        let mode = if r.unplanned { crate::run::RunMode::Unplanned } else { crate::run::RunMode::Planned };
+        let (blockers, now) = super::runs::preflight(&self.app, &resolved, mode).await;
         let mut plan_text = crate::playbook::plan_text(&resolved);
         plan_text.push_str("\nNow:\n");
         for line in now {
@@ -259,28 +260,14 @@ impl Control for ControlService {
             return Ok(Response::new(super::runs::run_info(&run)));
         }
         let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
-        let blockers = super::runs::blockers(&self.app, &resolved).await;
+        let mode = if r.unplanned { crate::run::RunMode::Unplanned } else { crate::run::RunMode::Planned };
+        let blockers = super::runs::blockers(&self.app, &resolved, mode).await;
         if !blockers.is_empty() {
             return Err(Status::failed_precondition(format!("cannot start: {}", blockers.join("; "))));
         }
-        let run = crate::run::Run::new(
-            &super::runs::new_run_id(&resolved.service),
-            &resolved.service,
-            super::runs::run_plan(&resolved),
-            &ctx.actor,
-        );
-        let id = run.id.clone();
-        let record = command::RunRecord {
-            run,
-            playbook: stored.name,
-            playbook_hash: stored.hash,
-            params: resolved.params.clone(),
-            reason: r.reason,
-            created_ms: 0,
-            ended_ms: 0,
-            revision: 0,
-            idempotency_key: ctx.request_id.clone(),
-        };
+        let record =
+            crate::failover::new_record(&stored, &resolved, mode, &ctx.actor, r.reason, ctx.request_id.clone(), false)?;
+        let id = record.run.id.clone();
         let resp = super::runs::write(&self.app, ctx, Command::CreateRun { record: Box::new(record) }).await?;
         let id = match &resp.outcome {
             Outcome::Run { run_id } => run_id.clone(),
@@ -335,8 +322,56 @@ impl Control for ControlService {
     async fn approve_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
         let ctx = context(req.get_ref().ctx.clone(), req.metadata());
         let who = ctx.actor.clone();
-        let id = req.into_inner().run_id;
-        Ok(Response::new(super::runs::act(&self.app, ctx, &id, command::RunOp::Approve { who }).await?))
+        let r = req.into_inner();
+        // With a named loss this is consent to an unplanned promotion, not a start approval.
+        let op = match r.accept_loss.trim() {
+            "" => command::RunOp::Approve { who },
+            "unknown" => command::RunOp::Consent { who, bytes: None },
+            n => {
+                let bytes = n.parse::<u64>().map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "accept_loss: {n:?} is not a byte count or \"unknown\" (name the loss the run states)"
+                    ))
+                })?;
+                command::RunOp::Consent { who, bytes: Some(bytes) }
+            }
+        };
+        Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, op).await?))
+    }
+
+    async fn override_fencing(
+        &self,
+        req: Request<pb::OverrideFencingRequest>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let who = ctx.actor.clone();
+        let r = req.into_inner();
+        let op = command::RunOp::OverrideFencing { who, risk: r.risk };
+        Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, op).await?))
+    }
+
+    async fn ack_failover(
+        &self,
+        req: Request<pb::AckFailoverRequest>,
+    ) -> Result<Response<pb::AckFailoverReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let r = req.into_inner();
+        if r.note.trim().is_empty() {
+            return Err(Status::invalid_argument("note: say what was checked before re-arming automatic failover"));
+        }
+        let cmd = Command::AckFailover { service: r.service.clone(), note: r.note };
+        let resp = super::runs::write(&self.app, ctx, cmd).await?;
+        let _ = self
+            .app
+            .raft
+            .wait(Some(std::time::Duration::from_secs(2)))
+            .applied_index_at_least(Some(resp.log_index), "ack read")
+            .await;
+        let state = self.app.view.services().get(&r.service).cloned().unwrap_or_default();
+        Ok(Response::new(pb::AckFailoverReply {
+            service: r.service,
+            state_json: serde_json::to_string(&state).unwrap_or_default(),
+        }))
     }
 
     async fn pause_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {

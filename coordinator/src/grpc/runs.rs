@@ -8,7 +8,11 @@ use tonic::Status;
 
 /// The proto view of a run.
 pub fn run_info(rec: &RunRecord) -> pb::RunInfo {
-    let (state, reason) = state_text(&rec.run.state);
+    let (state, reason) = match (&rec.run.state, &rec.run.hold) {
+        // Running but unable to move: say so, with what it waits for.
+        (RunState::Running, Some(h)) => ("held", h.clone()),
+        (s, _) => state_text(s),
+    };
     pb::RunInfo {
         run_id: rec.run.id.clone(),
         service: rec.run.service.clone(),
@@ -70,12 +74,18 @@ pub async fn act(app: &AppRef, ctx: Ctx, run_id: &str, op: RunOp) -> Result<pb::
     read_run(app, run_id, resp.log_index).await
 }
 
-/// The run plan a run pins, from a resolved playbook.
-pub fn run_plan(r: &crate::playbook::ResolvedPlaybook) -> crate::run::RunPlan {
-    use crate::run::{Action as RAction, PlanStep, RunPlan};
-    let steps = r
-        .steps
-        .iter()
+/// The run plan a run pins, from a resolved playbook: the steps of its mode (`when`).
+pub fn run_plan(r: &crate::playbook::ResolvedPlaybook, mode: crate::run::RunMode) -> crate::run::RunPlan {
+    use crate::playbook::{Action, When};
+    use crate::run::{Action as RAction, FailoverPlan, PlanStep, RunMode, RunPlan};
+    let keep = |w: When| match mode {
+        RunMode::Planned => w != When::Unplanned,
+        RunMode::Unplanned => w != When::Planned,
+    };
+    let kept: Vec<&crate::playbook::ResolvedStep> = r.steps.iter().filter(|s| keep(s.when)).collect();
+    let point_of_no_return = kept.iter().position(|s| s.action == Action::PromoteDb);
+    let steps = kept
+        .into_iter()
         .map(|s| PlanStep {
             id: s.id.clone(),
             act: RAction {
@@ -98,7 +108,17 @@ pub fn run_plan(r: &crate::playbook::ResolvedPlaybook) -> crate::run::RunPlan {
             gate_require: s.gate.as_ref().map(|g| g.require.as_str().to_string()).unwrap_or_else(|| "up".into()),
         })
         .collect();
-    RunPlan { steps, point_of_no_return: r.point_of_no_return(), approvals_required: r.approvals_required }
+    RunPlan {
+        steps,
+        point_of_no_return,
+        approvals_required: r.approvals_required,
+        mode,
+        failover: r.failover.as_ref().map(|f| FailoverPlan {
+            source: f.source.clone(),
+            target: f.target.clone(),
+            accept_loss: f.accept_loss,
+        }),
+    }
 }
 
 /// Finds a stored playbook by name (latest applied) or hash.
@@ -131,16 +151,32 @@ pub fn resolve(
 }
 
 /// What stands in the way of starting now (empty: nothing).
-pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> Vec<String> {
-    preflight(app, r).await.0
+pub async fn blockers(app: &AppRef, r: &crate::playbook::ResolvedPlaybook, mode: crate::run::RunMode) -> Vec<String> {
+    preflight(app, r, mode).await.0
 }
 
 /// Blockers, and what an operator should know now: the target's health, the replication lag
 /// (the data an unplanned failover would lose right now).
-pub async fn preflight(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> (Vec<String>, Vec<String>) {
+pub async fn preflight(
+    app: &AppRef,
+    r: &crate::playbook::ResolvedPlaybook,
+    mode: crate::run::RunMode,
+) -> (Vec<String>, Vec<String>) {
     use prost::Message;
-    let mut out = Vec::new();
+    let unplanned = mode == crate::run::RunMode::Unplanned;
+    let mut out = crate::failover::unplanned_blockers(app, r);
     let mut info = Vec::new();
+    if unplanned && r.failover.is_none() {
+        out.push(format!("playbook {} has no spec.failover: it cannot run unplanned", r.name));
+    }
+    for (region, order) in app.view.services().get(&r.service).map(|s| s.fences.clone()).unwrap_or_default() {
+        let state = if order.done_ms > 0 { "fenced" } else { "to be fenced when it returns" };
+        info.push(format!(
+            "old primary in {region} {state} (run {}): it needs pg_rewind or a fresh base backup \
+             (rebuild_standby) before it can serve again",
+            order.run_id
+        ));
+    }
     if let Some(holder) = app.view.active_runs().into_iter().find(|x| x.run.service == r.service) {
         out.push(format!("run {} holds service {} ({})", holder.run.id, r.service, state_text(&holder.run.state).0));
     }
@@ -170,7 +206,8 @@ pub async fn preflight(app: &AppRef, r: &crate::playbook::ResolvedPlaybook) -> (
             Some(h) => out.push(format!("target region {target} is {} ({})", h.state, h.reason)),
             None => out.push(format!("target region {target} has no health yet")),
         }
-        if let Some(budget) = r.preconditions.max_lag_seconds {
+        // Unplanned, the lag is not a precondition but the loss, measured and consented to.
+        if let Some(budget) = r.preconditions.max_lag_seconds.filter(|_| !unplanned) {
             let lag = board
                 .regions
                 .iter()

@@ -39,11 +39,13 @@ pub enum Action {
     Hook,
     /// Wait for a human.
     Approval,
+    /// Turn a fenced old primary into a standby of the new one (pg_rewind, else pg_basebackup).
+    RebuildStandby,
 }
 
 impl Action {
     /// Every action, in the planned order of a cutover.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::FreezeWrites,
         Action::WaitReplication,
         Action::Fence,
@@ -55,6 +57,7 @@ impl Action {
         Action::Smoke,
         Action::Hook,
         Action::Approval,
+        Action::RebuildStandby,
     ];
 
     /// The playbook spelling, e.g. `promote_db`.
@@ -71,6 +74,7 @@ impl Action {
             Action::Smoke => "smoke",
             Action::Hook => "hook",
             Action::Approval => "approval",
+            Action::RebuildStandby => "rebuild_standby",
         }
     }
 
@@ -110,19 +114,36 @@ struct WaitReplication {
     max_lag_bytes: u64,
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, PartialEq)]
 #[serde(rename_all = "snake_case")]
 enum FenceMode {
+    /// Persistent `default_transaction_read_only`, writing sessions ended.
     #[default]
     ReadOnly,
+    /// Read-only, then the server stopped.
+    Stop,
+    /// Restarted as a standby with no upstream: read-only until rebuilt.
+    Recovery,
 }
 
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Fence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<FenceMode>,
+    /// STONITH: power or network fencing, run by an agent outside the lost region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hook: Option<Hook>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Rebuild {
     database: String,
-    #[serde(default)]
-    mode: FenceMode,
+    /// The new primary: another postgres resource of the same agent.
+    upstream: String,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -250,7 +271,30 @@ pub(crate) fn check_with(
         }
         Action::Fence => {
             let s: Fence = c.typed(node)?;
+            match (&s.database, &s.hook) {
+                (Some(_), Some(_)) => {
+                    return Err(ctx.at_key(&base.key("hook"), "give database (fence it) or hook (STONITH), not both"));
+                }
+                (None, None) => {
+                    return Err(ctx.at(base, "missing: give database (the old primary) or hook (STONITH)"));
+                }
+                (Some(d), None) => c.resource("database", d)?,
+                (None, Some(h)) => {
+                    if s.mode.is_some() {
+                        return Err(ctx.at(&base.key("mode"), "mode applies to a database fence, not a hook"));
+                    }
+                    c.hook(&base.key("hook"), h)?;
+                }
+            }
+            c.json(&s)?
+        }
+        Action::RebuildStandby => {
+            let s: Rebuild = c.typed(node)?;
             c.resource("database", &s.database)?;
+            c.resource("upstream", &s.upstream)?;
+            if s.database == s.upstream {
+                return Err(ctx.at(&base.key("upstream"), "the upstream is the new primary: another database"));
+            }
             c.json(&s)?
         }
         Action::PromoteDb => {
@@ -303,15 +347,7 @@ pub(crate) fn check_with(
         }
         Action::Hook => {
             let s: Hook = c.typed(node)?;
-            match (&s.exec, &s.webhook) {
-                (Some(_), Some(_)) => return Err(ctx.at_key(&base.key("webhook"), "give exec or webhook, not both")),
-                (None, None) => return Err(ctx.at(base, "missing: give exec (a command) or webhook (a URL)")),
-                (Some(e), None) if e.is_empty() || e[0].is_empty() => {
-                    return Err(ctx.at(&base.key("exec"), "must name a program to run"));
-                }
-                (None, Some(u)) => c.url(&base.key("webhook"), u)?,
-                _ => {}
-            }
+            c.hook(base, &s)?;
             c.json(&s)?
         }
         Action::Approval => {
@@ -375,6 +411,19 @@ impl Check<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Exactly one of `exec` (a program and its arguments) or `webhook` (a URL).
+    fn hook(&self, base: &Path, s: &Hook) -> Result<(), PlaybookError> {
+        match (&s.exec, &s.webhook) {
+            (Some(_), Some(_)) => Err(self.ctx.at_key(&base.key("webhook"), "give exec or webhook, not both")),
+            (None, None) => Err(self.ctx.at(base, "missing: give exec (a command) or webhook (a URL)")),
+            (Some(e), None) if e.is_empty() || e[0].is_empty() => {
+                Err(self.ctx.at(&base.key("exec"), "must name a program to run"))
+            }
+            (None, Some(u)) => self.url(&base.key("webhook"), u),
+            _ => Ok(()),
+        }
     }
 
     fn url(&self, path: &Path, u: &str) -> Result<(), PlaybookError> {

@@ -35,7 +35,10 @@ mod tests;
 
 pub use action::Action;
 pub use plan::plan_text;
-pub use resolved::{Compensation, Gate, OnFailure, Preconditions, Require, ResolvedPlaybook, ResolvedStep, Targets};
+pub use resolved::{
+    Automatic, Compensation, Failover, Gate, LossBudget, OnFailure, Preconditions, Require, ResolvedPlaybook,
+    ResolvedStep, Targets, When,
+};
 
 use location::{Ctx, Path};
 use marked_yaml::Node;
@@ -161,6 +164,10 @@ impl Playbook {
         if let Some(t) = &mut r.preconditions.target_region {
             sub(t);
         }
+        if let Some(f) = &mut r.failover {
+            sub(&mut f.source);
+            sub(&mut f.target);
+        }
         for s in &mut r.steps {
             if let Some(region) = &mut s.region {
                 sub(region);
@@ -219,6 +226,10 @@ fn region_sites(r: &ResolvedPlaybook) -> Vec<(Path, &str)> {
     let mut out = Vec::new();
     if let Some(t) = &r.preconditions.target_region {
         out.push((Path::root("spec").key("preconditions").key("target_region"), t.as_str()));
+    }
+    if let Some(f) = &r.failover {
+        out.push((Path::root("spec").key("failover").key("source"), f.source.as_str()));
+        out.push((Path::root("spec").key("failover").key("target"), f.target.as_str()));
     }
     for (i, s) in r.steps.iter().enumerate() {
         let p = Path::root("spec").key("steps").idx(i);

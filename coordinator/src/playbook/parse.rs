@@ -3,7 +3,10 @@
 
 use super::action::{Action, check_with};
 use super::location::{Ctx, Path};
-use super::resolved::{Compensation, Gate, OnFailure, Preconditions, Require, ResolvedPlaybook, ResolvedStep, Targets};
+use super::resolved::{
+    Automatic, Compensation, Failover, Gate, LossBudget, OnFailure, Preconditions, Require, ResolvedPlaybook,
+    ResolvedStep, Targets, When,
+};
 use super::{API_VERSION, ParamKind, Parameter, Playbook, PlaybookError, is_name, subst};
 use marked_yaml::{LoadError, LoaderOptions, Node};
 use serde::Deserialize;
@@ -53,6 +56,36 @@ struct RawSpec {
     #[serde(default)]
     defaults: RawPolicy,
     steps: Vec<RawStep>,
+    #[serde(default)]
+    failover: Option<RawFailover>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    source: String,
+    target: String,
+    #[serde(default)]
+    accept_loss: Option<RawLoss>,
+    #[serde(default)]
+    automatic: Option<RawAutomatic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoss {
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(default)]
+    seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutomatic {
+    enabled: bool,
+    #[serde(default)]
+    cooldown: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +165,8 @@ struct RawStep {
     dwell: Option<String>,
     #[serde(default)]
     gate: Option<RawGate>,
+    #[serde(default)]
+    when: Option<When>,
 }
 
 #[derive(Deserialize)]
@@ -214,8 +249,22 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Playbook, PlaybookError> {
     }
     check_order(&ctx, &steps)?;
 
+    let failover = match raw.spec.failover {
+        None => None,
+        Some(f) => Some(failover(&ctx, &spec.key("failover"), f, raw.spec.targets.rpo_seconds)?),
+    };
+    if failover.is_none()
+        && let Some(i) = steps.iter().position(|s| s.when != When::Always)
+    {
+        return Err(ctx.at(
+            &spec.key("steps").idx(i).key("when"),
+            "only a playbook with spec.failover has unplanned runs; remove `when` or add spec.failover",
+        ));
+    }
+
     // Every `${x}` where substitution happens must name a declared parameter.
     check_refs(&ctx, &pre, &parameters)?;
+    check_refs(&ctx, &spec.key("failover"), &parameters)?;
     for i in 0..steps.len() {
         let p = spec.key("steps").idx(i);
         for key in ["region", "with", "gate", "compensate"] {
@@ -235,6 +284,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Playbook, PlaybookError> {
             max_lag_seconds: raw.spec.preconditions.max_lag_seconds,
         },
         steps,
+        failover,
     };
     Ok(Playbook {
         file: file.to_string(),
@@ -246,6 +296,39 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Playbook, PlaybookError> {
         template,
         root,
     })
+}
+
+/// Default cooldown between automatic failovers of one service.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30 * 60);
+
+fn failover(ctx: &Ctx<'_>, p: &Path, f: RawFailover, rpo_seconds: Option<u64>) -> Result<Failover, PlaybookError> {
+    check_region(ctx, &p.key("source"), &f.source)?;
+    check_region(ctx, &p.key("target"), &f.target)?;
+    if f.source == f.target {
+        return Err(ctx.at(&p.key("target"), format!("{:?} is also the source: fail over to another region", f.target)));
+    }
+    // Without a stated budget, only what the RPO target allows passes without consent.
+    let accept_loss = match f.accept_loss {
+        Some(l) => LossBudget { bytes: l.bytes.unwrap_or(0), seconds: l.seconds.unwrap_or(0) },
+        None => LossBudget { bytes: 0, seconds: rpo_seconds.unwrap_or(0) },
+    };
+    let automatic = match f.automatic {
+        None => None,
+        Some(a) => {
+            let cooldown = match &a.cooldown {
+                Some(c) => duration(ctx, &p.key("automatic").key("cooldown"), c)?,
+                None => DEFAULT_COOLDOWN,
+            };
+            if cooldown.is_zero() {
+                return Err(ctx.at(
+                    &p.key("automatic").key("cooldown"),
+                    "must be longer than 0: without a cooldown a flapping region fails over back and forth",
+                ));
+            }
+            Some(Automatic { enabled: a.enabled, cooldown })
+        }
+    };
+    Ok(Failover { source: f.source, target: f.target, accept_loss, automatic })
 }
 
 fn load_error(file: &str, text: &str, e: LoadError) -> PlaybookError {
@@ -349,7 +432,7 @@ fn step(ctx: &Ctx<'_>, p: &Path, rs: RawStep, defaults: &Policy) -> Result<Resol
         Some(c) => {
             let cp = p.key("compensate");
             let caction = vocabulary(ctx, &cp.key("action"), &c.action)?;
-            if caction == Action::PromoteDb || caction == Action::Approval {
+            if matches!(caction, Action::PromoteDb | Action::Approval | Action::RebuildStandby) {
                 return Err(ctx.at(&cp.key("action"), format!("{caction} cannot be a compensation")));
             }
             check_region(ctx, &cp.key("region"), &c.region)?;
@@ -392,6 +475,7 @@ fn step(ctx: &Ctx<'_>, p: &Path, rs: RawStep, defaults: &Policy) -> Result<Resol
         phases,
         dwell,
         gate,
+        when: rs.when.unwrap_or_default(),
     })
 }
 

@@ -86,6 +86,62 @@ pub struct Preconditions {
     pub max_lag_seconds: Option<u64>,
 }
 
+/// Which runs a step belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Planned and unplanned runs.
+    #[default]
+    Always,
+    /// Only planned switchovers (the source is up and cooperates).
+    Planned,
+    /// Only unplanned failovers (e.g. a STONITH hook run from outside the lost region).
+    Unplanned,
+}
+
+impl When {
+    /// The playbook spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::Always => "always",
+            When::Planned => "planned",
+            When::Unplanned => "unplanned",
+        }
+    }
+}
+
+/// Data an unplanned failover may lose without asking a human.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossBudget {
+    /// WAL bytes the standby had not received.
+    pub bytes: u64,
+    /// Seconds of transactions.
+    pub seconds: u64,
+}
+
+/// The automatic failover policy of a playbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Automatic {
+    /// Start a run by itself when the source is declared down.
+    pub enabled: bool,
+    /// After one automatic failover of the service, no other for this long unless an operator
+    /// acknowledges.
+    pub cooldown: Duration,
+}
+
+/// How the playbook handles the loss of its source region (`spec.failover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The region that gives up the service (holds the primary).
+    pub source: String,
+    /// The region that takes it over.
+    pub target: String,
+    /// Loss accepted without an operator's consent (default: nothing beyond the RPO target).
+    pub accept_loss: LossBudget,
+    /// Off unless stated.
+    pub automatic: Option<Automatic>,
+}
+
 /// One concrete step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedStep {
@@ -113,6 +169,9 @@ pub struct ResolvedStep {
     pub dwell: Duration,
     /// `shift_traffic`: checked after each dwell.
     pub gate: Option<Gate>,
+    /// Which runs include it.
+    #[serde(default)]
+    pub when: When,
 }
 
 /// A playbook with its parameters substituted and defaults applied.
@@ -134,6 +193,9 @@ pub struct ResolvedPlaybook {
     pub preconditions: Preconditions,
     /// In order.
     pub steps: Vec<ResolvedStep>,
+    /// Unplanned use: which region's loss it handles and the policy for it.
+    #[serde(default)]
+    pub failover: Option<Failover>,
 }
 
 impl ResolvedPlaybook {

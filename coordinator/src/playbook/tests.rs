@@ -479,8 +479,16 @@ fn with_settings_are_checked_per_action() {
     assert_at(&refused(&text), 11, col(&text, 11, "b]"), "spec.steps[0].with.paths[1]", "must start with '/'");
     let text = one("    - { id: w, action: warm_caches, region: eu-west, with: { http: api } }\n");
     assert_at(&refused(&text), 11, col(&text, 11, "{ http"), "spec.steps[0].with.paths", "missing");
-    let text = one("    - { id: w, action: fence, region: eu-west, with: { database: db, mode: stop } }\n");
-    assert_at(&refused(&text), 11, col(&text, 11, "stop"), "spec.steps[0].with.mode", "unknown variant `stop`");
+    let text = one("    - { id: w, action: fence, region: eu-west, with: { database: db, mode: halt } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "halt"), "spec.steps[0].with.mode", "unknown variant `halt`");
+    let text = one("    - { id: w, action: fence, region: eu-west, with: { database: db, hook: { exec: [x] } } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "hook"), "spec.steps[0].with.hook", "not both");
+    let text = one("    - { id: w, action: fence, region: eu-west, with: { mode: stop } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "{ mode"), "spec.steps[0].with", "give database");
+    let text = one("    - { id: w, action: fence, region: eu-west, with: { hook: { exec: [] } } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "[]"), "spec.steps[0].with.hook.exec", "program");
+    let text = one("    - { id: w, action: rebuild_standby, region: eu-west, with: { database: db, upstream: db } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "db }"), "spec.steps[0].with.upstream", "another database");
     let text = doc(&[FREEZE, WAIT, PROMOTE, &SHIFT.replace("198.51.100.1", "198.51.100.256")]);
     assert_at(&refused(&text), 14, col(&text, 14, "198.51.100.256"), "spec.steps[3].with.to[0]", "not an IP address");
     let text = doc(&[FREEZE, WAIT, PROMOTE, &SHIFT.replace("name: w.z.example.", "name: w.other.example.")]);
@@ -561,4 +569,50 @@ fn plan_mentions_every_step_and_the_point_of_no_return() {
     ] {
         assert!(plan.contains(expected), "plan lacks {expected:?}:\n{plan}");
     }
+}
+
+// === unplanned failover ===
+
+const FAILOVER: &str = "  failover:\n    source: ${source}\n    target: ${target}\n";
+
+fn with_failover(extra: &str, steps: &[&str]) -> String {
+    doc(steps).replace("  steps:\n", &format!("{FAILOVER}{extra}  steps:\n"))
+}
+
+#[test]
+fn failover_block_resolves_with_defaults_and_automatic_policy() {
+    let stonith = "    - { id: stonith, action: fence, region: eu-central, when: unplanned, with: { hook: { exec: [/bin/true] } } }\n";
+    let text = with_failover(
+        "    automatic: { enabled: true, cooldown: 10m }\n    accept_loss: { bytes: 1024 }\n",
+        &[FREEZE, WAIT, stonith, FENCE, PROMOTE],
+    );
+    let r = parse(&text).unwrap().resolve(&no_params()).unwrap();
+    let f = r.failover.clone().unwrap();
+    assert_eq!((f.source.as_str(), f.target.as_str()), ("eu-west", "eu-central"));
+    assert_eq!(f.accept_loss, LossBudget { bytes: 1024, seconds: 0 });
+    assert_eq!(f.automatic, Some(Automatic { enabled: true, cooldown: Duration::from_secs(600) }));
+    assert_eq!(r.steps[2].when, When::Unplanned);
+    // Without accept_loss the RPO target is the budget.
+    let text =
+        with_failover("", &[FREEZE, WAIT, PROMOTE]).replace("  steps:\n", "  targets: { rpo_seconds: 5 }\n  steps:\n");
+    let r = parse(&text).unwrap().resolve(&no_params()).unwrap();
+    assert_eq!(r.failover.unwrap().accept_loss, LossBudget { bytes: 0, seconds: 5 });
+}
+
+#[test]
+fn failover_block_errors_name_the_field() {
+    let text = with_failover("    automatic: { enabled: true, cooldown: 0s }\n", &[FREEZE, WAIT, PROMOTE]);
+    let e = refused(&text);
+    assert_eq!(e.field, "spec.failover.automatic.cooldown", "{e}");
+    assert!(e.message.contains("flapping"), "{e}");
+    let text = doc(&[FREEZE, WAIT, PROMOTE])
+        .replace("  steps:\n", "  failover: { source: eu-west, target: eu-west }\n  steps:\n");
+    assert_eq!(refused(&text).field, "spec.failover.target");
+    let text = with_failover("    automatic: { enabled: true, colldown: 1m }\n", &[FREEZE, WAIT, PROMOTE]);
+    assert!(refused(&text).message.contains("colldown"));
+    let text = doc(&["    - { id: s, action: smoke, region: eu-west, when: unplanned, with: { urls: [http://x] } }\n"]);
+    assert_at(&refused(&text), 11, col(&text, 11, "unplanned"), "spec.steps[0].when", "spec.failover");
+    let text = doc(&[FREEZE, WAIT, PROMOTE])
+        .replace("  steps:\n", "  failover: { source: eu-west, target: \"${nope}\" }\n  steps:\n");
+    assert!(refused(&text).message.contains("undefined parameter"));
 }

@@ -9,7 +9,9 @@
 
 use super::{blocking, io_err};
 use crate::audit::AuditEntry;
-use crate::command::{AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, StoredPlaybook};
+use crate::command::{
+    AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, ServiceState, StoredPlaybook,
+};
 use crate::state::{Change, Core, State};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, TryStreamExt};
@@ -33,10 +35,11 @@ const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("checks");
 const REGION_HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("region_health");
 const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 /// The string-keyed JSON tables, in the order snapshots and loads walk them.
-const KV_TABLES: [TableDefinition<&str, &[u8]>; 8] =
-    [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, META];
+const KV_TABLES: [TableDefinition<&str, &[u8]>; 9] =
+    [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES, META];
 
 const CORE: &str = "core";
 const APPLIED: &str = "applied";
@@ -102,6 +105,8 @@ struct SnapshotBody {
     playbooks: BTreeMap<String, StoredPlaybook>,
     #[serde(default)]
     runs: BTreeMap<String, RunRecord>,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceState>,
 }
 
 impl StateMachineStore {
@@ -177,6 +182,7 @@ fn load(txn: &ReadTransaction) -> io::Result<Applied> {
         region_health: read_table(txn, REGION_HEALTH)?,
         playbooks: read_table(txn, PLAYBOOKS)?,
         runs: read_table(txn, RUNS)?,
+        services: read_table(txn, SERVICES)?,
         ..Default::default()
     };
     let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
@@ -230,7 +236,8 @@ fn persist(
                 | Change::Check(_)
                 | Change::RegionHealth(..)
                 | Change::Playbook(_)
-                | Change::Run(_) => {}
+                | Change::Run(_)
+                | Change::Service(_) => {}
             }
         }
     }
@@ -241,6 +248,7 @@ fn persist(
             Change::RegionHealth(name, rs) => put_row(txn, REGION_HEALTH, name, rs)?,
             Change::Playbook(p) => put_row(txn, PLAYBOOKS, &p.hash, p)?,
             Change::Run(r) => put_row(txn, RUNS, &r.run.id, r)?,
+            Change::Service(sv) => put_row(txn, SERVICES, &sv.service, sv)?,
             _ => {}
         }
     }
@@ -294,6 +302,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 region_health: mem.state.region_health.clone(),
                 playbooks: mem.state.playbooks.clone(),
                 runs: mem.state.runs.clone(),
+                services: mem.state.services.clone(),
             };
             let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
             let meta = SnapshotMeta { last_log_id: mem.last_applied, last_membership: mem.membership };
@@ -387,7 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sh = self.shared.clone();
         let mem = blocking(move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
-            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS] {
+            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES] {
                 txn.delete_table(t).map_err(io_err)?;
             }
             txn.delete_table(AUDIT).map_err(io_err)?;
@@ -403,6 +412,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .chain(body.region_health.iter().map(|(k, v)| Change::RegionHealth(k.clone(), v.clone())))
                 .chain(body.playbooks.values().cloned().map(Change::Playbook))
                 .chain(body.runs.values().cloned().map(|r| Change::Run(Box::new(r))))
+                .chain(body.services.values().cloned().map(Change::Service))
                 .collect();
             persist(&txn, &changes, &body.core, &body.last_applied, &body.membership)?;
             put_json(&txn, SNAPSHOT_META, &meta)?;
@@ -417,6 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 region_health: body.region_health,
                 playbooks: body.playbooks,
                 runs: body.runs,
+                services: body.services,
                 ..Default::default()
             };
             Ok(Applied { state: state.reindexed(), last_applied: body.last_applied, membership: body.membership })
@@ -459,6 +470,11 @@ impl StateView {
     /// Stored playbooks by hash.
     pub fn playbooks(&self) -> BTreeMap<String, StoredPlaybook> {
         self.shared.mem.read().map(|m| m.state.playbooks.clone()).unwrap_or_default()
+    }
+
+    /// Per-service failover state.
+    pub fn services(&self) -> BTreeMap<String, ServiceState> {
+        self.shared.mem.read().map(|m| m.state.services.clone()).unwrap_or_default()
     }
 
     /// All runs by id.
