@@ -165,6 +165,10 @@ struct WaitParams {
     max_lag_bytes: u64,
     #[serde(default)]
     lsn: Option<String>,
+    /// Unplanned failover (the source is gone, nothing was frozen): replay what was received.
+    /// Without `lsn` that is what the wait does anyway; the flag only makes the intent explicit.
+    #[serde(default, rename = "drain")]
+    _drain: bool,
     #[serde(default, rename = "inputs")]
     _inputs: IgnoredAny,
 }
@@ -679,7 +683,9 @@ async fn wait_replication(
     };
     let db = Db::open(ctx, &p.database, deadline)?;
     let c = db.connect().await?;
-    let sql = "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text";
+    // The last replayed commit's time tells an unplanned failover how old the newest data is.
+    let sql = "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+               (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8";
     let stmt = db.within("preparing the poll", c.prepare(sql)).await?;
     // The last position seen: (replay, bytes remaining, what they are measured against).
     let mut last: Option<(u64, u64, String)> = None;
@@ -717,6 +723,7 @@ async fn wait_replication(
             None => (receive - replay, format!("received {}", format_lsn(receive))),
         };
         if remaining <= p.max_lag_bytes {
+            let replayed_at = row.get::<_, Option<f64>>(3).map(|ms| ms as i64);
             return Ok(StepOutcome {
                 ok: true,
                 detail: format!(
@@ -726,7 +733,11 @@ async fn wait_replication(
                     p.max_lag_bytes
                 ),
                 measurements: measurements(&[("wait_ms", ms_since(start)), ("remaining_bytes", remaining as f64)]),
-                data: json!({ "replay_lsn": format_lsn(replay) }),
+                data: json!({
+                    "replay_lsn": format_lsn(replay),
+                    "receive_lsn": format_lsn(receive),
+                    "last_replay_unix_ms": replayed_at,
+                }),
             });
         }
         if Instant::now() + POLL >= deadline {
