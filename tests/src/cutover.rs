@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tokio::time::Instant;
 
 use crate::health::{HEALTH_WAIT, agent_yaml, wait_region};
-use crate::{AgentProc, Cluster, Pdns, PgPair, TestHttp};
+use crate::{AgentProc, Cluster, FaultProxy, Pdns, PgPair, TestHttp};
 
 /// Fast health for tests.
 pub const HEALTH: &str = "health:\n  down_after: 2\n  up_after: 2\n  tick_ms: 100\n";
@@ -29,9 +29,30 @@ pub struct Env {
     pub west_app: TestHttp,
     /// eu-central's app.
     pub central_app: TestHttp,
-    /// The agents.
+    /// The agents: eu-west, eu-central, then the witness (with [`EnvOptions::witness`]).
     pub agents: Vec<AgentProc>,
     block: u8,
+    /// The links from eu-west's agent to each coordinator (with
+    /// [`EnvOptions::west_agent_via_proxy`]).
+    pub west_proxies: Vec<FaultProxy>,
+    /// The link from eu-central's vantage check to eu-west's primary database.
+    pub vantage_proxy: FaultProxy,
+}
+
+/// The witness region: a third vantage point, so that losing eu-west's own agent still leaves
+/// a quorum (2 of 3) able to declare it down, and one flapping vantage cannot.
+pub const WITNESS: &str = "eu-north";
+
+/// What an environment adds for the unplanned-failover tests.
+#[derive(Debug, Clone, Default)]
+pub struct EnvOptions {
+    /// A witness region with an agent probing both regions' databases, and a vantage check of
+    /// eu-west's database from eu-central.
+    pub witness: bool,
+    /// eu-west's agent reaches the coordinators only through [`Env::west_proxies`].
+    pub west_agent_via_proxy: bool,
+    /// Extra settings of eu-west's `wallet-db` resource, e.g. `, self_fence: { after: 3s }`.
+    pub west_db_extra: String,
 }
 
 impl Env {
@@ -47,10 +68,18 @@ impl Env {
 
     /// Starts everything in address block `block` and waits until both regions are up.
     pub async fn start(block: u8) -> Result<Env> {
+        Env::start_with(block, EnvOptions::default()).await
+    }
+
+    /// [`Env::start`] with the options of the unplanned-failover tests.
+    pub async fn start_with(block: u8, opt: EnvOptions) -> Result<Env> {
         let cluster = Cluster::builder(block).nodes(3).extra_yaml(HEALTH).start().await?;
         let leader = cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
         cluster.add_region(leader, "eu-west").await?;
         cluster.add_region(leader, "eu-central").await?;
+        if opt.witness {
+            cluster.add_region(leader, WITNESS).await?;
+        }
         let west = Ipv4Addr::new(127, 0, block, 10);
         let central = Ipv4Addr::new(127, 0, block, 11);
         let pg = PgPair::start(west, central).await?;
@@ -62,9 +91,28 @@ impl Env {
         let west_app = TestHttp::start(SocketAddr::from((west, 0))).await?;
         let central_app = TestHttp::start(SocketAddr::from((central, 0))).await?;
         let coords: Vec<String> = [1, 2, 3].iter().map(|&i| cluster.addr(i).to_string()).collect();
-        let resources = |db: &str, peer: Option<&str>, app: &TestHttp| {
+        // eu-west's agent may reach the coordinators only through proxies a test can cut.
+        let mut west_proxies = Vec::new();
+        let west_coords: Vec<String> = if opt.west_agent_via_proxy {
+            for i in [1, 2, 3] {
+                let p = FaultProxy::start(
+                    SocketAddr::from((Ipv4Addr::new(127, 0, block, 40 + i as u8), 0)),
+                    cluster.addr(i),
+                )
+                .await?;
+                west_proxies.push(p);
+            }
+            west_proxies.iter().map(|p| p.addr().to_string()).collect()
+        } else {
+            coords.clone()
+        };
+        // The primary's vantage checks from other regions go through a proxy too (a flapping
+        // network between one vantage point and eu-west).
+        let vantage_proxy =
+            FaultProxy::start(SocketAddr::from((Ipv4Addr::new(127, 0, block, 45), 0)), pg.primary_addr()).await?;
+        let resources = |db: &str, db_extra: &str, peer: Option<&str>, app: &TestHttp| {
             let mut y = format!(
-                "resources:\n  postgres:\n    wallet-db: {{ dsn: \"{db}\" }}\n{}  dns:\n    gslb: {{ server: \"{}\", api_url: \"{}\", api_key_env: PDNS_API_KEY }}\n  http:\n    wallet-api: {{ base_url: \"{}\" }}\n",
+                "resources:\n  postgres:\n    wallet-db: {{ dsn: \"{db}\"{db_extra} }}\n{}  dns:\n    gslb: {{ server: \"{}\", api_url: \"{}\", api_key_env: PDNS_API_KEY }}\n  http:\n    wallet-api: {{ base_url: \"{}\" }}\n",
                 peer.map(|p| format!("    wallet-db-peer: {{ dsn: \"{p}\" }}\n")).unwrap_or_default(),
                 dns.dns_addr(),
                 dns.api_url(),
@@ -73,17 +121,32 @@ impl Env {
             y.push_str("checks:\n  - { name: app, type: http, resource: wallet-api, path: /health, interval_ms: 200, slo: [\"p95_ms <= 300\"] }\n");
             y
         };
-        let mut west_yaml = resources(&pg.primary_dsn(), None, &west_app);
+        let mut west_yaml = resources(&pg.primary_dsn(), &opt.west_db_extra, None, &west_app);
         west_yaml.push_str("  - { name: db, type: postgres, resource: wallet-db, interval_ms: 200 }\n");
-        let mut central_yaml = resources(&pg.standby_dsn(), Some(&pg.primary_dsn()), &central_app);
+        let mut central_yaml = resources(&pg.standby_dsn(), "", Some(&pg.primary_dsn()), &central_app);
         central_yaml.push_str(
             "  - { name: db, type: postgres, resource: wallet-db, primary: wallet-db-peer, interval_ms: 200, slo: [\"lag_seconds <= 5\"] }\n",
         );
+        let via_proxy = format!(
+            "host={} port={} user=postgres dbname=postgres connect_timeout=1",
+            vantage_proxy.addr().ip(),
+            vantage_proxy.addr().port()
+        );
+        if opt.witness {
+            // Vantage points on eu-west's primary database: eu-central (through the proxy) and
+            // the witness region. Only the database: the service is lost with it.
+            central_yaml = central_yaml.replacen(
+                "  dns:\n",
+                &format!("    west-db-vantage: {{ dsn: \"{via_proxy}\" }}\n  dns:\n"),
+                1,
+            );
+            central_yaml.push_str("  - { name: west-db, type: postgres, resource: west-db-vantage, target_region: eu-west, interval_ms: 200, timeout_ms: 400 }\n");
+        }
         let env = [("PDNS_API_KEY", dns.api_key())];
         let a_west = AgentProc::start(
             cluster.dir(),
             "agent-eu-west",
-            &agent_yaml("agent-eu-west", "eu-west", &coords, &west_yaml),
+            &agent_yaml("agent-eu-west", "eu-west", &west_coords, &west_yaml),
             &env,
         )?;
         let a_central = AgentProc::start(
@@ -92,9 +155,24 @@ impl Env {
             &agent_yaml("agent-eu-central", "eu-central", &coords, &central_yaml),
             &env,
         )?;
+        let mut agents = vec![a_west, a_central];
+        if opt.witness {
+            let yaml = format!(
+                "resources:\n  postgres:\n    west-db: {{ dsn: \"{}\" }}\n    central-db: {{ dsn: \"{}\" }}\n  http:\n    central-api: {{ base_url: \"{}\" }}\nchecks:\n  - {{ name: west-db, type: postgres, resource: west-db, target_region: eu-west, interval_ms: 200, timeout_ms: 400 }}\n  - {{ name: central-db, type: postgres, resource: central-db, target_region: eu-central, interval_ms: 200, timeout_ms: 400 }}\n  - {{ name: central-app, type: http, resource: central-api, path: /health, target_region: eu-central, interval_ms: 200 }}\n",
+                pg.primary_dsn().replace("connect_timeout=5", "connect_timeout=1"),
+                pg.standby_dsn(),
+                central_app.url("/").trim_end_matches('/')
+            );
+            agents.push(AgentProc::start(
+                cluster.dir(),
+                "agent-eu-north",
+                &agent_yaml("agent-eu-north", WITNESS, &coords, &yaml),
+                &env,
+            )?);
+        }
         wait_region(&cluster, leader, "eu-west", "up", HEALTH_WAIT).await?;
         wait_region(&cluster, leader, "eu-central", "up", HEALTH_WAIT).await?;
-        Ok(Env { cluster, pg, dns, west_app, central_app, agents: vec![a_west, a_central], block })
+        Ok(Env { cluster, pg, dns, west_app, central_app, agents, block, west_proxies, vantage_proxy })
     }
 
     /// The canary ids the eu-central server (the new primary after a cutover) holds.
@@ -185,6 +263,62 @@ spec:
       on_failure: pause
 "#
         )
+    }
+
+    /// The cutover playbook with `spec.failover` (eu-west → eu-central) and `failover_extra`
+    /// lines under it (e.g. `    automatic: { enabled: true, cooldown: 10m }`), instant
+    /// profile. No app maintenance switch: the app lives in the region that is lost.
+    pub fn failover_playbook(&self, failover_extra: &str) -> String {
+        let m = self.west_app.url("/maintenance");
+        self.playbook_with(0, "500ms", "[100]")
+            .replace(&format!(", maintenance_url: \"{m}\""), "")
+            .replace("name: wallet-test-cutover", "name: wallet-failover")
+            .replace(
+                "  steps:\n",
+                &format!("  failover:\n    source: ${{source}}\n    target: ${{target}}\n{failover_extra}  steps:\n"),
+            )
+    }
+
+    /// Applies `text` as a playbook through drctl (writes it into the test dir first).
+    pub async fn apply_playbook(&self, name: &str, text: &str) -> Result<()> {
+        let p = self.cluster.dir().join(format!("{name}.yaml"));
+        std::fs::write(&p, text)?;
+        let out = self.cluster.drctl(&["playbook", "apply", &p.display().to_string()]).await?;
+        anyhow::ensure!(out.code == Some(0), "playbook apply: {}{}", out.stdout, out.stderr);
+        Ok(())
+    }
+
+    /// Every run as the first node that answers lists them (oldest first): a test may have
+    /// killed some nodes.
+    pub async fn runs(&self) -> Result<Vec<drcut_proto::v1::RunInfo>> {
+        let mut last = None;
+        for id in [1, 2, 3] {
+            let Ok(mut c) = self.cluster.client(id) else { continue };
+            match c.list_runs(drcut_proto::v1::ListRunsRequest { active_only: false }).await {
+                Ok(r) => return Ok(r.into_inner().runs),
+                Err(e) => last = Some(e),
+            }
+        }
+        anyhow::bail!("no node lists runs: {last:?}")
+    }
+
+    /// Waits until a run exists that `pred` accepts, and returns it.
+    pub async fn wait_run(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&drcut_proto::v1::RunInfo) -> bool,
+    ) -> Result<drcut_proto::v1::RunInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(runs) = self.runs().await
+                && let Some(r) = runs.into_iter().find(|r| pred(r))
+            {
+                return Ok(r);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Writes the playbook into the test dir and returns its path.

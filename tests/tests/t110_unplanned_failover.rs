@@ -1,0 +1,160 @@
+//! A region dies without warning: eu-west's PostgreSQL primary and its agent are killed at
+//! once. The vantage quorum (eu-central and the witness eu-north) declares eu-west down, the
+//! automatic policy starts an unplanned run as `system`, the source-side steps are skipped, the
+//! loss is measured (0 acknowledged writes: replication is synchronous) and a write canary
+//! confirms it, eu-central is promoted and takes the traffic. When eu-west comes back, its old
+//! primary is fenced before it can take a write, and the failback plan says it must be rebuilt.
+//!
+//! Second case: the coordinator leader is killed right after it started the automatic run; the
+//! new leader finishes that run, and there is exactly one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use drcut_tests::cutover::{Env, EnvOptions, attempts, canary};
+use drcut_tests::health::audit_entries;
+use tokio::time::Instant;
+
+const AUTOMATIC: &str = "    automatic: { enabled: true, cooldown: 10m }\n";
+
+/// Synchronous replication: a commit is acknowledged only once the standby has it.
+async fn synchronous(env: &Env) -> Result<()> {
+    env.pg.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
+    env.pg.exec_primary("ALTER SYSTEM SET synchronous_commit = 'on'").await?;
+    env.pg.exec_primary("SELECT pg_reload_conf()").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = env.pg.scalar_primary("SELECT string_agg(sync_state, ',') FROM pg_stat_replication").await?;
+        if s.as_deref() == Some("sync") {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "standby not synchronous: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills eu-west's agent and primary database at once; returns when.
+async fn lose_west(env: &mut Env) -> Result<Instant> {
+    let t0 = Instant::now();
+    env.agents[0].kill().await?;
+    env.pg.stop_primary_immediate().await?;
+    Ok(t0)
+}
+
+async fn succeeded(env: &Env, run: &str, timeout: Duration) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ended = match env.runs().await?.into_iter().find(|r| r.run_id == run) {
+            Some(info) if info.ended_unix_ms > 0 => Some(info),
+            _ => None,
+        };
+        if let Some(info) = ended {
+            let rec: serde_json::Value = serde_json::from_str(&info.record_json)?;
+            ensure!(info.state == "succeeded", "run {run} ended {}: {}", info.state, info.state_reason);
+            return Ok(rec);
+        }
+        ensure!(Instant::now() < deadline, "run {run} not finished within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn automatic_failover_loses_nothing_and_the_old_primary_stays_fenced() -> Result<()> {
+    let mut env = Env::start_with(110, EnvOptions { witness: true, ..Default::default() }).await?;
+    synchronous(&env).await?;
+    env.apply_playbook("failover", &env.failover_playbook(AUTOMATIC)).await?;
+
+    tracing::info!("--- a canary writes through the loss");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = canary(env.dns.dns_addr(), env.db_ports(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    tracing::info!("--- kill eu-west's primary and its agent");
+    let t0 = lose_west(&mut env).await?;
+    let run = env
+        .wait_run(Duration::from_secs(20), "an automatic run", |r| r.requester == "system" && r.service == "wallet")
+        .await?;
+    let started = t0.elapsed();
+    let rec = succeeded(&env, &run.run_id, Duration::from_secs(60)).await?;
+    let done = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let log = writer.await??;
+    tracing::info!(?started, ?done, acked = log.acked.len(), "automatic failover finished");
+
+    tracing::info!("--- the run: automatic, source skipped, loss recorded, fenced by quorum");
+    ensure!(rec["automatic"] == true, "not automatic: {}", rec["automatic"]);
+    ensure!(run.reason.contains("declared down"), "reason: {}", run.reason);
+    let loss = &rec["run"]["loss"];
+    ensure!(loss["known"] == true, "loss unknown: {loss}");
+    ensure!(
+        loss["synchronous"] == true || loss["bytes"] == 0,
+        "acknowledged writes at risk with synchronous replication: {loss}"
+    );
+    let skipped = rec["run"]["skipped"].as_object().context("no skipped steps")?;
+    ensure!(skipped.len() == 2, "freeze and fence skipped: {skipped:?}");
+    ensure!(rec["run"]["fencing"]["how"] == "quorum_down", "fencing: {}", rec["run"]["fencing"]);
+    ensure!(attempts(&rec, "promote")?.iter().all(|a| a["ok"] == true), "promote attempts");
+
+    tracing::info!("--- nothing acknowledged is lost: every canary id is on eu-central");
+    let have = env.canary_ids_in_central().await?;
+    let lost: Vec<i64> = log.acked.iter().copied().filter(|id| !have.contains(id)).collect();
+    ensure!(lost.is_empty(), "{} acknowledged writes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    ensure!(env.pg.scalar_standby("SELECT pg_is_in_recovery()").await?.as_deref() == Some("f"), "not promoted");
+
+    tracing::info!("--- eu-west returns: its agent first, then the database; it must refuse writes");
+    env.agents[0].spawn()?;
+    env.pg.restart_primary().await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, entries) = audit_entries(&env.cluster).await?;
+        if entries.iter().any(|e| e["action"] == "fence.rejoin" && e["details"]["ok"] == true) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no successful rejoin fence within 20 s: {}", env.agents[0].log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let write = env.pg.exec_primary("INSERT INTO canary (id) VALUES (-1)").await;
+    ensure!(write.is_err(), "the returned old primary took a write");
+
+    tracing::info!("--- no automatic failback; the failback plan says what must be rebuilt");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = env.runs().await?;
+    ensure!(runs.len() == 1, "one run only, got {}", runs.len());
+    let out = env
+        .cluster
+        .drctl(&["plan", "wallet-failover", "--param", "source=eu-central", "--param", "target=eu-west"])
+        .await?;
+    ensure!(out.stdout.contains("rebuild_standby"), "failback plan: {}{}", out.stdout, out.stderr);
+    ensure!(out.stdout.contains("BLOCKED"), "failback must be blocked until rebuilt: {}", out.stdout);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_during_automatic_failover_completes_once() -> Result<()> {
+    let mut env = Env::start_with(111, EnvOptions { witness: true, ..Default::default() }).await?;
+    env.apply_playbook("failover", &env.failover_playbook(AUTOMATIC)).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let leader = env.cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
+    lose_west(&mut env).await?;
+    let run = env.wait_run(Duration::from_secs(20), "an automatic run", |r| r.requester == "system").await?;
+    tracing::info!(run = %run.run_id, leader, "--- kill the leader that started it");
+    env.cluster.kill(leader).await?;
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let new = env.cluster.wait_leader(&rest).await?.leader_id;
+    ensure!(new != leader, "a new leader");
+    let rec = succeeded(&env, &run.run_id, Duration::from_secs(60)).await?;
+    let runs = env.runs().await?;
+    ensure!(runs.len() == 1, "exactly one automatic run, got {:?}", runs.iter().map(|r| &r.run_id).collect::<Vec<_>>());
+    // The promotion happened once: every recorded promote attempt agrees and eu-central is one
+    // timeline past where it started.
+    ensure!(attempts(&rec, "promote")?.iter().all(|a| a["ok"] == true), "promote attempts");
+    let tli = env.pg.scalar_standby("SELECT timeline_id FROM pg_control_checkpoint()").await?;
+    tracing::info!(?tli, "eu-central timeline");
+    env.cluster.start_node(leader).await?;
+    let out = env.cluster.drctl(&["audit", "verify"]).await?;
+    ensure!(out.code == Some(0), "audit verify: {}{}", out.stdout, out.stderr);
+    Ok(())
+}
