@@ -26,13 +26,19 @@ const SAMPLE_MAX_AGE_MS: i64 = 60_000;
 pub fn loss_from_sample(sample: Option<LagSample>, lost_at: i64) -> Loss {
     let now_ms = lost_at;
     match sample {
-        Some(LagSample { at_ms: at, agent, check, values: v, .. }) if now_ms - at <= SAMPLE_MAX_AGE_MS => Loss {
-            known: true,
-            bytes: v.get("receive_lag_bytes").copied().unwrap_or(0.0).max(0.0) as u64,
-            seconds: v.get("lag_seconds").copied().unwrap_or(0.0).max(0.0),
-            synchronous: v.get("synchronous").copied().unwrap_or(0.0) >= 1.0,
-            evidence: format!("last sample of check {check} by {agent}, {} ms before the loss", now_ms - at),
-        },
+        Some(LagSample { at_ms: at, agent, check, values: v, .. }) if now_ms - at <= SAMPLE_MAX_AGE_MS => {
+            let bytes = v.get("receive_lag_bytes").copied().unwrap_or(0.0).max(0.0) as u64;
+            // What the standby received is not lost (the catch-up replays it): only WAL it never
+            // received counts, and its age is the replay lag behind the primary.
+            let seconds = if bytes == 0 { 0.0 } else { v.get("lag_seconds").copied().unwrap_or(0.0).max(0.0) };
+            Loss {
+                known: true,
+                bytes,
+                seconds,
+                synchronous: v.get("synchronous").copied().unwrap_or(0.0) >= 1.0,
+                evidence: format!("last sample of check {check} by {agent}, {} ms before the loss", now_ms - at),
+            }
+        }
         Some(LagSample { at_ms: at, agent, check, .. }) => Loss {
             known: false,
             bytes: 0,
