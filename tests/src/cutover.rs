@@ -53,6 +53,9 @@ pub struct EnvOptions {
     pub west_agent_via_proxy: bool,
     /// Extra settings of eu-west's `wallet-db` resource, e.g. `, self_fence: { after: 3s }`.
     pub west_db_extra: String,
+    /// The coordinator's and agents' default health settings instead of the tests' faster ones
+    /// (for benchmarks: figures at the defaults).
+    pub default_health: bool,
 }
 
 impl Env {
@@ -73,7 +76,11 @@ impl Env {
 
     /// [`Env::start`] with the options of the unplanned-failover tests.
     pub async fn start_with(block: u8, opt: EnvOptions) -> Result<Env> {
-        let cluster = Cluster::builder(block).nodes(3).extra_yaml(HEALTH).start().await?;
+        let health = if opt.default_health { "" } else { HEALTH };
+        let cluster = Cluster::builder(block).nodes(3).extra_yaml(health).start().await?;
+        // Check cadence: the tests' 200 ms, or the agent's default (300 ms) for benchmarks.
+        let cadence =
+            |y: String| if opt.default_health { y.replace("interval_ms: 200", "interval_ms: 300") } else { y };
         let leader = cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
         cluster.add_region(leader, "eu-west").await?;
         cluster.add_region(leader, "eu-central").await?;
@@ -146,13 +153,13 @@ impl Env {
         let a_west = AgentProc::start(
             cluster.dir(),
             "agent-eu-west",
-            &agent_yaml("agent-eu-west", "eu-west", &west_coords, &west_yaml),
+            &cadence(agent_yaml("agent-eu-west", "eu-west", &west_coords, &west_yaml)),
             &env,
         )?;
         let a_central = AgentProc::start(
             cluster.dir(),
             "agent-eu-central",
-            &agent_yaml("agent-eu-central", "eu-central", &coords, &central_yaml),
+            &cadence(agent_yaml("agent-eu-central", "eu-central", &coords, &central_yaml)),
             &env,
         )?;
         let mut agents = vec![a_west, a_central];
@@ -166,7 +173,7 @@ impl Env {
             agents.push(AgentProc::start(
                 cluster.dir(),
                 "agent-eu-north",
-                &agent_yaml("agent-eu-north", WITNESS, &coords, &yaml),
+                &cadence(agent_yaml("agent-eu-north", WITNESS, &coords, &yaml)),
                 &env,
             )?);
         }

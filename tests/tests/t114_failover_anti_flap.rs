@@ -60,9 +60,8 @@ async fn a_flapping_vantage_does_not_fail_over_and_a_second_loss_waits_for_an_ac
 
     tracing::info!("--- eu-west's database dies: one automatic failover");
     env.pg.stop_primary_immediate().await?;
-    let first = env
-        .wait_run(Duration::from_secs(20), "the first automatic failover", |r| r.playbook == "login-out")
-        .await?;
+    let first =
+        env.wait_run(Duration::from_secs(20), "the first automatic failover", |r| r.playbook == "login-out").await?;
     ensure!(first.requester == "system", "requester {}", first.requester);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !env.runs().await?.iter().any(|r| r.run_id == first.run_id && r.state == "succeeded") {
