@@ -80,8 +80,12 @@ async fn without_self_fencing_the_run_holds_until_an_override_naming_the_risk() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_self_fencing_the_old_primary_turns_read_only_and_the_run_goes_on() -> Result<()> {
-    let opt =
-        EnvOptions { witness: true, west_agent_via_proxy: true, west_db_extra: ", self_fence: { after: 3s }".into() };
+    let opt = EnvOptions {
+        witness: true,
+        west_agent_via_proxy: true,
+        west_db_extra: ", self_fence: { after: 3s }".into(),
+        ..Default::default()
+    };
     let env = Env::start_with(113, opt).await?;
     env.pg.exec_primary("CREATE SEQUENCE probe").await?;
     ensure!(!west_read_only(&env).await?, "eu-west writable before the cut");

@@ -45,6 +45,24 @@ fn write_plan(out: &mut String, r: &ResolvedPlaybook) -> std::fmt::Result {
     if !targets.is_empty() {
         writeln!(out, "Targets: {}", targets.join(", "))?;
     }
+    if let Some(f) = &r.failover {
+        let auto = match f.automatic {
+            Some(a) if a.enabled => {
+                format!(
+                    "automatic when {} is declared down (cooldown {})",
+                    f.source,
+                    humantime::format_duration(a.cooldown)
+                )
+            }
+            _ => "operator-started only".into(),
+        };
+        writeln!(
+            out,
+            "Unplanned failover {} → {}: {auto}; steps @ {} skipped once it is down; loss accepted without \
+             consent: {} bytes / {} s",
+            f.source, f.target, f.source, f.accept_loss.bytes, f.accept_loss.seconds
+        )?;
+    }
     writeln!(out)?;
 
     let ponr = r.point_of_no_return();
@@ -58,7 +76,12 @@ fn write_plan(out: &mut String, r: &ResolvedPlaybook) -> std::fmt::Result {
             )?;
         }
         let at = s.region.as_deref().map(|r| format!(" @ {r}")).unwrap_or_else(|| " @ coordinator".into());
-        writeln!(out, "{:>3}. {} [{}{at}] {}", i + 1, s.id, s.action, settings(&s.with))?;
+        let when = match s.when {
+            super::When::Always => "",
+            super::When::Planned => " (planned runs only)",
+            super::When::Unplanned => " (unplanned runs only)",
+        };
+        writeln!(out, "{:>3}. {} [{}{at}]{when} {}", i + 1, s.id, s.action, settings(&s.with))?;
         writeln!(out, "       {}", policy(s))?;
         if !s.phases.is_empty() {
             let ph: Vec<_> = s.phases.iter().map(|p| format!("{p}%")).collect();

@@ -65,7 +65,9 @@ fn example_parses_validates_and_resolves_in_the_design_order() {
     assert_eq!((pb.name.as_str(), pb.service.as_str()), ("wallet-region-cutover", "wallet"));
     let known = vec!["eu-west".to_string(), "eu-central".to_string()];
     let r = validate_regions(&pb, &no_params(), &known).unwrap();
-    let order: Vec<_> = r.steps.iter().map(|s| s.action).collect();
+    // A planned run leaves out the unplanned-only STONITH step.
+    let planned: Vec<&ResolvedStep> = r.steps.iter().filter(|s| s.when != When::Unplanned).collect();
+    let order: Vec<_> = planned.iter().map(|s| s.action).collect();
     use Action::*;
     assert_eq!(
         order,
@@ -81,28 +83,33 @@ fn example_parses_validates_and_resolves_in_the_design_order() {
             Smoke
         ]
     );
-    assert_eq!(r.point_of_no_return(), Some(3));
+    assert_eq!(planned.iter().position(|s| s.action == PromoteDb), Some(3));
+    let stonith: Vec<_> = r.steps.iter().filter(|s| s.when == When::Unplanned).collect();
+    assert_eq!(stonith.len(), 1);
+    assert_eq!((stonith[0].action, stonith[0].region.as_deref()), (Fence, Some("eu-central")));
+    let f = r.failover.as_ref().unwrap();
+    assert_eq!((f.source.as_str(), f.target.as_str(), f.automatic.unwrap().enabled), ("eu-west", "eu-central", false));
     assert_eq!(r.approvals_required, 1);
     assert_eq!(r.targets, Targets { rpo_seconds: Some(0), rto_seconds: Some(120) });
     assert_eq!(r.preconditions, Preconditions { target_region: Some("eu-central".into()), max_lag_seconds: Some(5) });
-    let region = |i: usize| r.steps[i].region.as_deref();
+    let region = |i: usize| planned[i].region.as_deref();
     assert_eq!(
         [region(0), region(1), region(2), region(3)],
         [Some("eu-west"), Some("eu-central"), Some("eu-west"), Some("eu-central")]
     );
 
-    let freeze = &r.steps[0];
+    let freeze = planned[0];
     assert_eq!(freeze.timeout, Duration::from_secs(10));
     assert_eq!((freeze.retries, freeze.retry_backoff), (2, Duration::from_millis(500)));
     assert_eq!(freeze.on_failure, OnFailure::Rollback);
     let comp = freeze.compensate.as_ref().unwrap();
     assert_eq!((comp.action, comp.region.as_str()), (UnfreezeWrites, "eu-west"));
-    assert_eq!(r.steps[1].with, serde_json::json!({"database": "wallet-db", "max_lag_bytes": 0}));
-    assert_eq!(r.steps[2].with, serde_json::json!({"database": "wallet-db", "mode": "read_only"}));
-    assert_eq!(r.steps[3].on_failure, OnFailure::Pause);
-    assert_eq!(r.steps[4].with["answers"], serde_json::json!(["198.51.100.20"]));
+    assert_eq!(planned[1].with, serde_json::json!({"database": "wallet-db", "max_lag_bytes": 0}));
+    assert_eq!(planned[2].with, serde_json::json!({"database": "wallet-db", "mode": "read_only"}));
+    assert_eq!(planned[3].on_failure, OnFailure::Pause);
+    assert_eq!(planned[4].with["answers"], serde_json::json!(["198.51.100.20"]));
 
-    let shift = &r.steps[7];
+    let shift = planned[7];
     assert_eq!(shift.phases, vec![5, 25, 50, 100]);
     assert_eq!(shift.dwell, Duration::from_secs(30));
     assert_eq!(shift.gate, Some(Gate { region: "eu-central".into(), require: Require::Up }));
@@ -113,7 +120,7 @@ fn example_parses_validates_and_resolves_in_the_design_order() {
         (serde_json::json!(["198.51.100.10"]), serde_json::json!(["192.0.2.10"]))
     );
     assert_eq!(
-        r.steps[8].with["paths"],
+        planned[8].with["paths"],
         serde_json::json!(["/api/login", "/api/spin", "/api/deposit", "/api/withdrawal"])
     );
 }
