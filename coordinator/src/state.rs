@@ -758,4 +758,106 @@ mod tests {
         s.apply_request(4, &req("", down));
         assert_eq!(s.region_health["eu-west"].state, HealthState::Down);
     }
+
+    fn unplanned_record() -> RunRecord {
+        use crate::run::{Action, FailoverPlan, PlanStep, RunMode, RunPlan};
+        let step = |id: &str, action: &str, region: &str, with: serde_json::Value| PlanStep {
+            id: id.into(),
+            act: Action { action: action.into(), region: region.into(), with },
+            timeout_ms: 1000,
+            retries: 0,
+            retry_backoff_ms: 10,
+            on_failure: crate::run::OnFailure::Rollback,
+            compensate: None,
+            phases: vec![],
+            dwell_ms: 0,
+            gate_region: None,
+            gate_require: "up".into(),
+        };
+        let plan = RunPlan {
+            steps: vec![
+                step("fence", "fence", "eu-west", serde_json::json!({"database": "db", "mode": "recovery"})),
+                step("promote", "promote_db", "eu-central", serde_json::json!({"database": "db"})),
+                step("rebuild", "rebuild_standby", "eu-west", serde_json::json!({"database": "db", "upstream": "up"})),
+            ],
+            point_of_no_return: Some(1),
+            approvals_required: 0,
+            mode: RunMode::Unplanned,
+            failover: Some(FailoverPlan {
+                source: "eu-west".into(),
+                target: "eu-central".into(),
+                accept_loss: Default::default(),
+            }),
+        };
+        RunRecord {
+            run: crate::run::Run::new("r1", "wallet", plan, "system"),
+            playbook: "p".into(),
+            playbook_hash: "h".into(),
+            params: BTreeMap::new(),
+            reason: "down".into(),
+            created_ms: 0,
+            ended_ms: 0,
+            revision: 0,
+            idempotency_key: String::new(),
+            automatic: true,
+        }
+    }
+
+    #[test]
+    fn unplanned_run_leaves_a_fence_order_a_rebuild_clears_it_and_the_primary_moves() {
+        let mut st = State::default();
+        for r in ["eu-west", "eu-central"] {
+            st.apply_request(1, &req("", Command::AddRegion { region: region(r) }));
+        }
+        let (resp, _) = st.apply_request(2, &req("", Command::CreateRun { record: Box::new(unplanned_record()) }));
+        assert!(matches!(resp.outcome, Outcome::Run { .. }), "{resp:?}");
+        assert_eq!(st.services["wallet"].last_automatic, Some(("r1".into(), 42)));
+        let up = |op: RunOp| Command::UpdateRun { run_id: "r1".into(), op };
+        st.apply_request(3, &req("", up(RunOp::Skip { step: 0, reason: "eu-west down".into() })));
+        let order = &st.services["wallet"].fences["eu-west"];
+        assert_eq!((order.run_id.as_str(), order.with["mode"].as_str(), order.done_ms), ("r1", Some("recovery"), 0));
+        let fenced =
+            Command::FenceDone { service: "wallet".into(), region: "eu-west".into(), ok: true, detail: "ok".into() };
+        let (_, changes) = st.apply_request(4, &req("", fenced));
+        assert_eq!(audits(&changes)[0].action, "fence.rejoin");
+        assert_eq!(st.services["wallet"].fences["eu-west"].done_ms, 42);
+        // A failed repeat does not undo a fence that held.
+        let failed =
+            Command::FenceDone { service: "wallet".into(), region: "eu-west".into(), ok: false, detail: "x".into() };
+        st.apply_request(5, &req("", failed));
+        assert_eq!(st.services["wallet"].fences["eu-west"].done_ms, 42);
+        let work = |step| crate::run::Work { step, phase: None, compensation: false, attempt: 1 };
+        for (i, step) in [(6, 1), (8, 2)] {
+            st.apply_request(i, &req("", up(RunOp::Dispatch { work: work(step), token: 9 })));
+            let res = RunOp::Result {
+                work: work(step),
+                ok: true,
+                detail: "ok".into(),
+                measurements: BTreeMap::new(),
+                data: serde_json::Value::Null,
+            };
+            st.apply_request(i + 1, &req("", up(res)));
+        }
+        assert!(st.services["wallet"].fences.is_empty(), "the rebuild cleared the order");
+        st.apply_request(10, &req("", up(RunOp::Finish { state: crate::run::RunState::Succeeded })));
+        assert_eq!(st.services["wallet"].primary_region, "eu-central");
+        assert_eq!(st.regions["eu-central"].roles["wallet"], Role::Primary);
+        assert_eq!(st.regions["eu-west"].roles["wallet"], Role::Standby);
+    }
+
+    #[test]
+    fn a_suppressed_failover_is_recorded_once_and_an_ack_clears_it() {
+        let mut st = State::default();
+        let sup = || Command::FailoverSuppressed { service: "wallet".into(), reason: "cooldown".into() };
+        let (_, c1) = st.apply_request(1, &req("", sup()));
+        let (_, c2) = st.apply_request(2, &req("", sup()));
+        assert_eq!((audits(&c1).len(), audits(&c2).len()), (1, 0));
+        let (_, c3) =
+            st.apply_request(3, &req("", Command::AckFailover { service: "wallet".into(), note: "checked".into() }));
+        assert_eq!(audits(&c3)[0].action, "failover.acknowledged");
+        assert_eq!((st.services["wallet"].ack_requested.clone(), st.services["wallet"].acknowledged_ms), (None, 42));
+        let (resp, _) =
+            st.apply_request(4, &req("", Command::AckFailover { service: "nope".into(), note: "checked".into() }));
+        assert!(matches!(resp.outcome, Outcome::Rejected { .. }));
+    }
 }
