@@ -74,6 +74,30 @@ pub fn render(app: &AppRef) -> String {
     }
     reg.register("drcut_check_value", "Latest value reported by an agent's check (leader only)", values);
 
+    let pending = Family::<Labels, Gauge>::default();
+    let fenced = Family::<Labels, Gauge>::default();
+    for sv in app.view.services().values() {
+        pending
+            .get_or_create(&vec![("service".to_string(), sv.service.clone())])
+            .set(sv.ack_requested.is_some() as i64);
+        for (region, o) in &sv.fences {
+            let l = vec![("service".to_string(), sv.service.clone()), ("region".to_string(), region.clone())];
+            fenced.get_or_create(&l).set(if o.done_ms > 0 { 1 } else { 0 });
+        }
+    }
+    reg.register(
+        "drcut_failover_ack_pending",
+        "1 while an automatic failover of the service is suppressed by its cooldown and waits for an operator (page on it)",
+        pending,
+    );
+    reg.register(
+        "drcut_old_primary_fenced",
+        "Old primaries awaiting rebuild: 1 fenced, 0 still to fence when their region returns",
+        fenced,
+    );
+    let held = app.view.active_runs().iter().filter(|r| r.run.hold.is_some()).count();
+    gauge(&mut reg, "drcut_runs_held", "Active runs that cannot move (fencing or consent missing)", held as i64);
+
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         tracing::warn!("metrics encoding: {e}");

@@ -89,6 +89,13 @@ async fn a_flapping_vantage_does_not_fail_over_and_a_second_loss_waits_for_an_ac
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = env.runs().await?;
     ensure!(login_runs(&runs).len() == 1, "a second automatic failover ran inside the cooldown");
+    let out = env.cluster.drctl(&["--json", "status"]).await?;
+    let st: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap_or_default())?;
+    let login = st["services"].as_array().and_then(|a| a.iter().find(|s| s["service"] == "login").cloned());
+    ensure!(
+        login.as_ref().is_some_and(|l| l["ack_requested"].as_str().is_some_and(|a| a.contains("drctl failover ack"))),
+        "status does not ask for the acknowledgement: {login:?} in {st}"
+    );
 
     tracing::info!("--- an operator acknowledges: the reverse failover runs");
     let out = env.cluster.drctl(&["failover", "ack", "login"]).await?;

@@ -742,9 +742,18 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
             })
             .collect();
         let regions: Vec<Value> = st.regions.iter().map(region_json).collect();
+        let services: Vec<Value> = st
+            .services
+            .iter()
+            .map(|s| {
+                json!({"service": s.service, "primary_region": s.primary_region, "fences": s.fences,
+                       "ack_requested": s.ack_requested, "last_automatic_run": s.last_automatic_run})
+            })
+            .collect();
         println!(
             "{}",
             json!({
+                "services": services,
                 "cluster_id": st.cluster_id, "answered_by": st.node_id, "leader_id": st.leader_id,
                 "leader_addr": st.leader_addr, "term": st.term, "commit_index": st.commit_index,
                 "last_applied": st.last_applied, "last_log_index": st.last_log_index,
@@ -763,6 +772,16 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     print_members(&st.members, &probes);
     println!();
     print_regions(&st.regions);
+    for sv in &st.services {
+        let primary = if sv.primary_region.is_empty() { "as configured" } else { sv.primary_region.as_str() };
+        println!("service {}: primary {primary}", sv.service);
+        for f in &sv.fences {
+            println!("  {f}");
+        }
+        if !sv.ack_requested.is_empty() {
+            println!("  ACKNOWLEDGE: {}", sv.ack_requested);
+        }
+    }
     println!();
     match client.call(|mut c| async move { c.get_health(pb::GetHealthRequest {}).await }).await {
         Ok(board) => print_board(&board),

@@ -100,6 +100,27 @@ fn context(ctx: Option<pb::WriteContext>, md: &tonic::metadata::MetadataMap) -> 
     Ctx { actor, request_id }
 }
 
+fn service_to_pb(s: &command::ServiceState) -> pb::ServiceStatus {
+    pb::ServiceStatus {
+        service: s.service.clone(),
+        primary_region: s.primary_region.clone(),
+        fences: s
+            .fences
+            .iter()
+            .map(|(region, o)| {
+                if o.done_ms > 0 {
+                    format!("{region}: old primary fenced (run {}); rebuild it before a failback", o.run_id)
+                } else {
+                    format!("{region}: old primary to fence when it returns (run {})", o.run_id)
+                }
+            })
+            .collect(),
+        ack_requested: s.ack_requested.clone().unwrap_or_default(),
+        last_automatic_run: s.last_automatic.as_ref().map(|(r, _)| r.clone()).unwrap_or_default(),
+        last_automatic_unix_ms: s.last_automatic.as_ref().map(|(_, t)| *t).unwrap_or(0),
+    }
+}
+
 fn region_to_pb(r: &command::Region) -> pb::Region {
     pb::Region {
         name: r.name.clone(),
@@ -483,6 +504,7 @@ impl Control for ControlService {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
             audit_len: core.audit_len,
             audit_head: core.audit_head,
+            services: self.app.view.services().values().map(service_to_pb).collect(),
         }))
     }
 
