@@ -54,6 +54,9 @@ wal_retrieve_retry_interval = 500ms
 autovacuum = off
 # pg_rewind needs it (or data checksums) to rebuild an old primary as a standby.
 wal_log_hints = on
+# pg_rewind reads the old primary's WAL back to the last checkpoint before the divergence:
+# keep it through the checkpoints that follow (production: wal_keep_size or restore_command).
+wal_keep_size = 64MB
 logging_collector = off
 log_line_prefix = '%m [%p] '
 ";

@@ -161,6 +161,18 @@ async fn rebuild(
     // An upstream that is not there would leave nothing to stream from after the stop.
     let updb = Db::open(ctx, &p.upstream, deadline).map_err(|e| e.text())?;
     let c = updb.connect().await.map_err(|e| format!("upstream {}", e.text()))?;
+    // A just-promoted server records its new timeline in its control file only at its next
+    // checkpoint; before that, pg_rewind reads the old timeline and finds nothing to rewind.
+    if let Err(e) = updb.within("CHECKPOINT", c.batch_execute("CHECKPOINT")).await {
+        tracing::warn!(upstream = %p.upstream, "rebuild_standby: CHECKPOINT on the upstream: {}", redact(e.text()));
+    }
+    let tli_sql = "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+    let upstream_tli: i32 = updb
+        .within("reading the upstream's timeline", c.query_one(tli_sql, &[]))
+        .await
+        .map_err(|e| format!("upstream {}", e.text()))?
+        .get(0);
     drop(c);
 
     let kept = Kept::read(&dir);
@@ -179,7 +191,10 @@ async fn rebuild(
     let mut m = measurements(&[("rewind_ms", rewind_ms)]);
     let mut moved_aside: Option<PathBuf> = None;
     let (method, fallback) = match rewind {
-        Ok(_) => ("pg_rewind", None),
+        Ok(out) => {
+            tracing::info!(db = %p.database, "rebuild_standby: pg_rewind: {}", redact(out));
+            ("pg_rewind", None)
+        }
         Err(e) => {
             let why = redact(e);
             tracing::warn!(db = %p.database, "rebuild_standby: pg_rewind failed, falling back to pg_basebackup: {why}");
@@ -204,7 +219,7 @@ async fn rebuild(
         format!("{}: rebuilt with {method} but cannot start: {}{kept_old}", p.database, redact(e))
     })?;
     let db = Db::open(ctx, &p.database, deadline).map_err(|e| e.text())?;
-    let status = wait_streaming(&db, deadline).await.map_err(|e| {
+    let status = wait_streaming(&db, upstream_tli, deadline).await.map_err(|e| {
         let kept_old = moved_aside.as_ref().map_or(String::new(), |a| format!(" (old data kept in {})", a.display()));
         format!("{}: rebuilt with {method} and started, but {}{kept_old}", p.database, redact(e))
     })?;
@@ -275,9 +290,9 @@ async fn base_backup(
     }
 }
 
-/// Waits until the server is in recovery and its WAL receiver streams; returns the receiver's
-/// state text.
-async fn wait_streaming(db: &Db<'_>, deadline: Instant) -> Result<String, String> {
+/// Waits until the server is in recovery and its WAL receiver streams the upstream's timeline
+/// (`tli` or later): a receiver streaming an older timeline is a server that was not rewound.
+async fn wait_streaming(db: &Db<'_>, tli: i32, deadline: Instant) -> Result<String, String> {
     let mut last: String;
     loop {
         let attempt = async {
@@ -287,18 +302,26 @@ async fn wait_streaming(db: &Db<'_>, deadline: Instant) -> Result<String, String
                     "reading the WAL receiver",
                     c.query_one(
                         "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
-                         (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1)",
+                         (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)",
                         &[],
                     ),
                 )
                 .await
                 .map_err(|e| e.text())?;
-            Ok::<_, String>((row.get::<_, bool>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)))
+            Ok::<_, String>((row.get::<_, bool>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<i32>>(2)))
         };
         match attempt.await {
             Ok((false, _, _)) => return Err("it is not in recovery".into()),
-            Ok((true, Some(s), _)) if s == "streaming" => return Ok("streaming".into()),
-            Ok((true, s, _)) => last = format!("WAL receiver {}", s.as_deref().unwrap_or("not running")),
+            Ok((true, Some(s), Some(t))) if s == "streaming" && t >= tli => {
+                return Ok(format!("streaming timeline {t}"));
+            }
+            Ok((true, s, t)) => {
+                last = format!(
+                    "WAL receiver {} on timeline {} (upstream: {tli})",
+                    s.as_deref().unwrap_or("not running"),
+                    t.map_or("-".into(), |t| t.to_string())
+                )
+            }
             Err(e) => last = e,
         }
         if Instant::now() + STREAM_POLL >= deadline {
