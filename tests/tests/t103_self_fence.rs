@@ -98,11 +98,16 @@ async fn a_cut_off_agent_fences_its_primary_and_one_without_self_fence_does_not(
 
     tracing::info!("--- A restarts while no coordinator is reachable");
     a.kill().await?;
-    pg.exec_primary(
-        "SET default_transaction_read_only = off; ALTER SYSTEM RESET default_transaction_read_only; \
-         SELECT pg_reload_conf()",
-    )
-    .await?;
+    // What an operator's unfreeze_writes does (each statement alone: ALTER SYSTEM refuses a
+    // transaction block).
+    let c = pg.primary_client().await?;
+    for sql in [
+        "SET default_transaction_read_only = off",
+        "ALTER SYSTEM RESET default_transaction_read_only",
+        "SELECT pg_reload_conf()",
+    ] {
+        c.batch_execute(sql).await?;
+    }
     drcut_tests::wait::until("the primary writable again", Duration::from_secs(5), async || {
         pg.try_write_primary().await?.map_err(anyhow::Error::msg)
     })
