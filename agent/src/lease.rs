@@ -68,11 +68,7 @@ impl Lease {
 
 /// The self-fencing resources: name → (after, mode).
 fn targets(cfg: &AgentConfig) -> BTreeMap<String, (Duration, FenceMode)> {
-    cfg.resources
-        .postgres
-        .iter()
-        .filter_map(|(n, r)| r.self_fence.map(|s| (n.clone(), (s.after, s.mode))))
-        .collect()
+    cfg.resources.postgres.iter().filter_map(|(n, r)| r.self_fence.map(|s| (n.clone(), (s.after, s.mode)))).collect()
 }
 
 /// `Hello.self_fence_after_ms`: the longest `after` (the coordinator must wait for the slowest
@@ -100,8 +96,8 @@ pub async fn run(cfg: Arc<AgentConfig>, lease: Arc<Lease>, metrics: Arc<AgentMet
     let Some(shortest) = targets.values().map(|(a, _)| *a).min() else {
         return;
     };
-    // Fencing within a tenth of `after` of the deadline.
-    let tick = (shortest / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    // Fencing within a thirtieth of `after` of the deadline (a time comparison per tick).
+    let tick = (shortest / 30).clamp(Duration::from_millis(20), Duration::from_millis(200));
     let mut state: BTreeMap<&str, State> = targets.keys().map(|k| (k.as_str(), State::default())).collect();
     tracing::info!(resources = ?targets.keys().collect::<Vec<_>>(), ?tick, "self-fencing armed");
     loop {

@@ -13,7 +13,6 @@ use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// The file `ALTER SYSTEM` writes, read by the server after `postgresql.conf`.
@@ -74,8 +73,8 @@ impl DataDir {
             return None;
         }
         // SAFETY: signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             return None;
         }
@@ -167,8 +166,7 @@ impl DataDir {
         let target = self.path.join(name);
         let tmp = self.path.join(format!("{name}.drcut-tmp"));
         let write = || -> std::io::Result<()> {
-            let mut f =
-                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             std::io::Write::write_all(&mut f, content)?;
             f.sync_all()?;
             if let Some((uid, gid)) = self.owner {
@@ -230,7 +228,8 @@ impl DataDir {
             Ok(Err(e)) => return Err(format!("{name}: {e}")),
             Err(_) => return Err(format!("{name}: still running at the step's deadline (killed)")),
         };
-        let text = last_lines(&format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        let text =
+            last_lines(&format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
         if out.status.success() { Ok(text) } else { Err(format!("{name} failed ({}): {text}", out.status)) }
     }
 
@@ -304,7 +303,7 @@ fn sets(line: &str, key: &str) -> bool {
 
 /// The last value `text` gives `key`, unquoted.
 pub fn conf_value(text: &str, key: &str) -> Option<String> {
-    text.lines().filter(|l| sets(l, key)).next_back().map(|l| {
+    text.lines().rfind(|l| sets(l, key)).map(|l| {
         let v = l.trim_start()[key.len()..].trim_start().trim_start_matches('=').trim();
         let v = v.split(" #").next().unwrap_or(v).trim();
         v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).map_or(v.to_string(), |s| s.replace("''", "'"))
@@ -336,18 +335,14 @@ pub fn file_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// Milliseconds as a `Duration`, for tools' `-t` seconds.
-pub fn secs_left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn auto_conf_edits_keep_other_settings() {
-        let text = "# Do not edit\nwork_mem = '8MB'\ndefault_transaction_read_only = 'on'\nprimary_conninfo = 'host=x'\n";
+        let text =
+            "# Do not edit\nwork_mem = '8MB'\ndefault_transaction_read_only = 'on'\nprimary_conninfo = 'host=x'\n";
         assert_eq!(conf_value(text, "default_transaction_read_only").as_deref(), Some("on"));
         let off = conf_with(text, "default_transaction_read_only", None);
         assert_eq!(off, "# Do not edit\nwork_mem = '8MB'\nprimary_conninfo = 'host=x'\n");

@@ -164,7 +164,8 @@ impl PgPair {
             // The primary's own settings only (the standby's copy was made before).
             pair.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf()").await?;
             wait::until("the standby reported as sync", START_TIMEOUT, async || {
-                let n = pair.scalar_primary("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await?;
+                let n =
+                    pair.scalar_primary("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await?;
                 ensure!(n.as_deref() == Some("1"), "no sync standby yet");
                 Ok(())
             })
@@ -325,7 +326,8 @@ impl PgPair {
             child.wait().await.ok();
         }
         wait::until("the primary's processes gone", STOP_TIMEOUT, async || {
-            let alive: Vec<i32> = std::iter::once(pid).chain(children.iter().copied()).filter(|p| pid_alive(*p)).collect();
+            let alive: Vec<i32> =
+                std::iter::once(pid).chain(children.iter().copied()).filter(|p| pid_alive(*p)).collect();
             ensure!(alive.is_empty(), "still alive: {alive:?}");
             Ok(())
         })
@@ -387,7 +389,12 @@ impl PgPair {
             .map(|s| {
                 let ctl = s.data.join("drcut-pg_ctl.log");
                 let ctl = if ctl.exists() {
-                    format!("----- postgres {} started by pg_ctl ({}):\n{}\n", s.name, ctl.display(), file_tail(&ctl, lines))
+                    format!(
+                        "----- postgres {} started by pg_ctl ({}):\n{}\n",
+                        s.name,
+                        ctl.display(),
+                        file_tail(&ctl, lines)
+                    )
                 } else {
                     String::new()
                 };

@@ -146,8 +146,8 @@ async fn stonith_hook_success_and_failure() -> Result<()> {
     ensure!(o.ok && o.data["fenced"] == true && o.data["how"] == "hook", "{o:?}");
     ensure!(o.detail.contains("chassis power off") && marker.exists(), "{}", o.detail);
 
-    let o = step(&res, "fence", json!({"hook": {"exec": ["/bin/sh", "-c", "echo 'bmc unreachable' >&2; exit 7"]}}))
-        .await?;
+    let o =
+        step(&res, "fence", json!({"hook": {"exec": ["/bin/sh", "-c", "echo 'bmc unreachable' >&2; exit 7"]}})).await?;
     ensure!(!o.ok && o.data["fenced"] == false, "{o:?}");
     ensure!(o.detail.contains("hook failed") && o.detail.contains("bmc unreachable"), "{}", o.detail);
     ensure!(o.measurements.get("exit_code") == Some(&7.0), "{:?}", o.measurements);

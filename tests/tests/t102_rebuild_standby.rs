@@ -26,7 +26,8 @@ fn resources(pg: &PgPair) -> Result<Resources> {
         Some(pg.bin_dir()),
         &[],
     );
-    let new = postgres_resource_yaml("new-primary", &format!("{} password={SECRET}", pg.standby_dsn()), None, None, &[]);
+    let new =
+        postgres_resource_yaml("new-primary", &format!("{} password={SECRET}", pg.standby_dsn()), None, None, &[]);
     let yaml = format!(
         "agent_id: t102\nregion: eu-west\ncoordinators: [127.0.102.100:7001]\nresources:\n  postgres:\n{old}{new}"
     );

@@ -157,7 +157,9 @@ impl PostgresProbe {
             if let Some(p) = &mut self.primary {
                 match tokio::time::timeout_at(deadline, p.query()).await {
                     Ok(Ok(row)) => match (row.try_get::<_, Option<String>>(0), row.try_get::<_, bool>(1)) {
-                        (Ok(_), Err(e)) | (Err(e), _) => error = Some(format!("primary {}: {}", p.name, error_chain(&e))),
+                        (Ok(_), Err(e)) | (Err(e), _) => {
+                            error = Some(format!("primary {}: {}", p.name, error_chain(&e)))
+                        }
                         (Ok(text), Ok(sync)) => {
                             synchronous = Some(sync);
                             match text {

@@ -95,7 +95,9 @@ pub async fn fence_database(
         Err(Fail::Unreachable(e)) => match &res.data_dir {
             Some(dir) => match offline(name, res, dir, mode, start, deadline).await {
                 Ok(o) => o,
-                Err(why) => StepOutcome::failed(format!("fence: {name}: unreachable ({e}); offline fence failed: {why}")),
+                Err(why) => {
+                    StepOutcome::failed(format!("fence: {name}: unreachable ({e}); offline fence failed: {why}"))
+                }
             },
             None => StepOutcome::failed(format!(
                 "fence: unreachable: cannot verify fence: {e} (declare the resource's data_dir to fence it offline)"
@@ -125,7 +127,14 @@ pub async fn self_fence(ctx: &StepContext<'_>, name: &str, mode: FenceMode) -> S
     fence_database(ctx, name, mode, start, deadline).await
 }
 
-fn outcome(name: &str, mode: FenceMode, how: &str, detail: String, start: Instant, extra: &[(&str, f64)]) -> StepOutcome {
+fn outcome(
+    name: &str,
+    mode: FenceMode,
+    how: &str,
+    detail: String,
+    start: Instant,
+    extra: &[(&str, f64)],
+) -> StepOutcome {
     let mut m = measurements(&[
         ("fenced", 1.0),
         ("offline", if how == "offline" { 1.0 } else { 0.0 }),
@@ -164,7 +173,8 @@ async fn online(
         return Err(db.other(format!("a new session's write was not refused after fencing: {:?}", after.write)));
     }
     let role = if in_recovery { "a standby, now also read-only if promoted" } else { "a primary" };
-    let read_only = format!("read-only ({role}): new sessions refuse writes (verified), {terminated} session(s) terminated");
+    let read_only =
+        format!("read-only ({role}): new sessions refuse writes (verified), {terminated} session(s) terminated");
     let extra = [("terminated_sessions", terminated as f64)];
     if mode == FenceMode::ReadOnly || (mode == FenceMode::Recovery && in_recovery) {
         let note = if mode == FenceMode::Recovery { "; already in recovery: left running" } else { "" };
@@ -292,7 +302,8 @@ async fn stonith(hook: &serde_json::Value, ctx: &StepContext<'_>, start: Instant
     m.insert("fenced".into(), if o.ok { 1.0 } else { 0.0 });
     m.insert("offline".into(), 0.0);
     m.insert("fence_ms".into(), ms_since(start));
-    let detail = if o.ok { format!("fenced by hook: {}", o.detail) } else { format!("fence: hook failed: {}", o.detail) };
+    let detail =
+        if o.ok { format!("fenced by hook: {}", o.detail) } else { format!("fence: hook failed: {}", o.detail) };
     StepOutcome { ok: o.ok, detail, measurements: m, data: json!({ "fenced": o.ok, "how": "hook" }) }
 }
 

@@ -892,7 +892,10 @@ mod tests {
         let mut r = Resources::default();
         r.postgres.insert(
             "db".to_string(),
-            PostgresResource { dsn: Secret::new("host=127.0.0.1 port=1 user=postgres password=pw-Secret-1"), ..Default::default() },
+            PostgresResource {
+                dsn: Secret::new("host=127.0.0.1 port=1 user=postgres password=pw-Secret-1"),
+                ..Default::default()
+            },
         );
         r
     }

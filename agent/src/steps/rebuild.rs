@@ -182,10 +182,8 @@ async fn rebuild(
     let env: Vec<(&str, &str)> = password.as_deref().map(|pw| vec![("PGPASSWORD", pw)]).unwrap_or_default();
 
     let rewind_started = Instant::now();
-    let rewind_args: Vec<OsString> = vec![
-        format!("--target-pgdata={}", dir.display()).into(),
-        format!("--source-server={source}").into(),
-    ];
+    let rewind_args: Vec<OsString> =
+        vec![format!("--target-pgdata={}", dir.display()).into(), format!("--source-server={source}").into()];
     let rewind = dd.tool("pg_rewind", &rewind_args, &env, deadline).await;
     let rewind_ms = ms_since(rewind_started);
     let mut m = measurements(&[("rewind_ms", rewind_ms)]);
