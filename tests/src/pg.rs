@@ -162,7 +162,9 @@ impl PgPair {
         pair.wait_streaming().await?;
         if options.synchronous {
             // The primary's own settings only (the standby's copy was made before).
-            pair.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf()").await?;
+            // Apart: ALTER SYSTEM refuses a transaction block (a multi-statement query is one).
+            pair.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
+            pair.exec_primary("SELECT pg_reload_conf()").await?;
             wait::until("the standby reported as sync", START_TIMEOUT, async || {
                 let n =
                     pair.scalar_primary("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await?;

@@ -157,3 +157,30 @@ async fn stonith_hook_success_and_failure() -> Result<()> {
     ensure!(!o.ok && !o.detail.contains("T0KEN"), "{o:?}");
     Ok(())
 }
+
+/// The postgres check's `synchronous` value: 1 with a `sync` standby on the primary, 0
+/// without (what the coordinator records as the possible loss of acknowledged writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_reports_synchronous_replication() -> Result<()> {
+    use drcut_agent::checks::postgres::{PostgresProbe, Role};
+    use drcut_agent::secrets::Secret;
+    use drcut_tests::pg::PgOptions;
+
+    let pg = PgPair::start_with(ip(7), ip(8), PgOptions { synchronous: true, ..Default::default() }).await?;
+    let (standby, primary) = (Secret::new(pg.standby_dsn()), Secret::new(pg.primary_dsn()));
+    let mut probe = PostgresProbe::new(("standby", &standby), Some(("primary", &primary)), Some(Role::Standby))
+        .map_err(anyhow::Error::msg)?;
+    let s = probe.run(Duration::from_secs(5)).await;
+    ensure!(s.ok && s.values.get("synchronous") == Some(&1.0), "{s:?}");
+    ensure!(s.values.contains_key("lag_bytes"), "existing values stay: {s:?}");
+
+    let c = pg.primary_client().await?;
+    c.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await?;
+    c.batch_execute("SELECT pg_reload_conf()").await?;
+    drcut_tests::wait::until("the standby reported async", Duration::from_secs(10), async || {
+        let s = probe.run(Duration::from_secs(5)).await;
+        ensure!(s.values.get("synchronous") == Some(&0.0), "{s:?}");
+        Ok(())
+    })
+    .await
+}
