@@ -104,11 +104,71 @@ pub struct Resources {
 }
 
 /// A PostgreSQL server.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PostgresResource {
     /// libpq-style connection string; a secret since it may hold a password.
     pub dsn: Secret,
+    /// Its data directory on this host: lets the agent stop, start, rebuild and fence it
+    /// while it is down.
+    pub data_dir: Option<PathBuf>,
+    /// Where `pg_ctl`, `pg_rewind` and `pg_basebackup` live (default: found at use, see
+    /// [`crate::pgdata::bin_dir`]).
+    pub bin_dir: Option<PathBuf>,
+    /// Fence this server when the agent holds no lease from the coordinators for a while.
+    pub self_fence: Option<SelfFence>,
 }
+
+/// How a `fence` leaves a PostgreSQL server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FenceMode {
+    /// Running, refusing writes (`default_transaction_read_only`).
+    #[default]
+    ReadOnly,
+    /// Read-only, then shut down.
+    Stop,
+    /// Read-only, then restarted as a standby without an upstream: it cannot take writes
+    /// again until it is rebuilt.
+    Recovery,
+}
+
+impl FenceMode {
+    /// The spellings, in the order error messages list them.
+    pub const NAMES: [&'static str; 3] = ["read_only", "stop", "recovery"];
+
+    /// Parses the config and params spelling.
+    pub fn parse(s: &str) -> Result<FenceMode, String> {
+        match s {
+            "read_only" => Ok(FenceMode::ReadOnly),
+            "stop" => Ok(FenceMode::Stop),
+            "recovery" => Ok(FenceMode::Recovery),
+            _ => Err(format!("{s:?} is not a fence mode (expected one of {})", FenceMode::NAMES.join(", "))),
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceMode::ReadOnly => "read_only",
+            FenceMode::Stop => "stop",
+            FenceMode::Recovery => "recovery",
+        }
+    }
+}
+
+/// Self-fencing of a postgres resource (see [`crate::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfFence {
+    /// Time without a lease after which the server is fenced.
+    pub after: Duration,
+    /// How it is fenced.
+    pub mode: FenceMode,
+}
+
+/// Shortest `self_fence.after`: heartbeats go out every `after / 3`, and a shorter time would
+/// fence on an ordinary leader election.
+pub const MIN_SELF_FENCE_AFTER: Duration = Duration::from_secs(1);
+/// Longest `self_fence.after`.
+pub const MAX_SELF_FENCE_AFTER: Duration = Duration::from_secs(3600);
 
 /// An HTTP service.
 #[derive(Debug)]
@@ -227,6 +287,17 @@ struct RawPostgres {
     dsn: Option<String>,
     dsn_env: Option<String>,
     dsn_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    self_fence: Option<RawSelfFence>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfFence {
+    after: String,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -481,7 +552,21 @@ impl Ctx<'_> {
             if let Err(e) = dsn.expose().parse::<tokio_postgres::Config>() {
                 return Err(self.err(field, dsn.redact(&format!("not a valid DSN: {}", error_chain(&e)))));
             }
-            out.postgres.insert(name, PostgresResource { dsn });
+            let data_dir = r
+                .data_dir
+                .map(|d| existing_dir(&d).map(|()| d))
+                .transpose()
+                .map_err(|m| self.err(format!("{at}.data_dir"), m))?;
+            let bin_dir = r
+                .bin_dir
+                .map(|d| pg_bin_dir(&d).map(|()| d))
+                .transpose()
+                .map_err(|m| self.err(format!("{at}.bin_dir"), m))?;
+            let self_fence = match r.self_fence {
+                None => None,
+                Some(sf) => Some(self.self_fence(&format!("{at}.self_fence"), sf, data_dir.is_some())?),
+            };
+            out.postgres.insert(name, PostgresResource { dsn, data_dir, bin_dir, self_fence });
         }
         for (name, r) in raw.http {
             let at = format!("resources.http.{name}");
@@ -549,6 +634,30 @@ impl Ctx<'_> {
             out.prometheus.insert(name, PrometheusResource { base_url });
         }
         Ok(out)
+    }
+
+    fn self_fence(&self, at: &str, raw: RawSelfFence, has_data_dir: bool) -> Result<SelfFence, ConfigError> {
+        let after = parse_duration(&raw.after).map_err(|m| self.err(format!("{at}.after"), m))?;
+        if !(MIN_SELF_FENCE_AFTER..=MAX_SELF_FENCE_AFTER).contains(&after) {
+            return Err(self.err(
+                format!("{at}.after"),
+                format!("{:?} is not between 1s and 1h: shorter would fence on a leader election", raw.after),
+            ));
+        }
+        let mode = raw
+            .mode
+            .as_deref()
+            .map(FenceMode::parse)
+            .transpose()
+            .map_err(|m| self.err(format!("{at}.mode"), m))?
+            .unwrap_or_default();
+        if mode != FenceMode::ReadOnly && !has_data_dir {
+            return Err(self.err(
+                format!("{at}.mode"),
+                format!("{} needs the resource's data_dir (the agent stops the server with pg_ctl)", mode.as_str()),
+            ));
+        }
+        Ok(SelfFence { after, mode })
     }
 
     fn check(
@@ -772,6 +881,44 @@ fn dns_label(s: &str) -> Result<(), String> {
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok { Ok(()) } else { Err(format!("{s:?} is not a DNS label (1-63 of a-z, 0-9, '-'; no '-' at either end)")) }
+}
+
+/// `"500ms"`, `"5s"`, `"2m"`, `"1h"`: a whole number with a unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?} is not a duration: a whole number and ms, s, m or h (e.g. \"5s\")")),
+    };
+    match num.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_millis(n.saturating_mul(unit_ms))),
+        _ => Err(format!("{s:?} is not a duration: a whole number above 0 and ms, s, m or h (e.g. \"5s\")")),
+    }
+}
+
+/// An absolute path to an existing directory.
+fn existing_dir(p: &Path) -> Result<(), String> {
+    if !p.is_absolute() {
+        return Err(format!("{} is not an absolute path", p.display()));
+    }
+    if !p.is_dir() {
+        return Err(format!("{} is not a directory", p.display()));
+    }
+    Ok(())
+}
+
+/// An absolute path to a directory holding `pg_ctl`.
+fn pg_bin_dir(p: &Path) -> Result<(), String> {
+    existing_dir(p)?;
+    if !p.join("pg_ctl").is_file() {
+        return Err(format!("{} holds no pg_ctl", p.display()));
+    }
+    Ok(())
 }
 
 /// `host:port` with a host name, an IPv4 address or a bracketed IPv6 address, and a port ≥ 1.
@@ -1106,6 +1253,78 @@ checks:
             err(&format!("{MINIMAL}coordinators: []\n").replace("coordinators: [127.0.0.1:7001]\n", "")).field,
             "coordinators"
         );
+    }
+
+    /// MINIMAL with one postgres resource `db` whose mapping body is `body`.
+    fn pg(body: &str) -> String {
+        format!("{MINIMAL}resources:\n  postgres:\n    db:\n      dsn: 'host=127.0.0.1 user=postgres'\n{body}")
+    }
+
+    #[test]
+    fn fencing_fields_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let c = parse_env(&pg(&format!(
+            "      data_dir: {d}\n      bin_dir: /usr/lib/postgresql/15/bin\n      self_fence: {{ after: 5s, mode: recovery }}\n"
+        )));
+        // bin_dir must hold pg_ctl: on a host without PostgreSQL 15 the field is refused.
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                assert_eq!(e.field, "resources.postgres.db.bin_dir", "{e}");
+                parse_env(&pg(&format!("      data_dir: {d}\n      self_fence: {{ after: 5s, mode: recovery }}\n")))
+                    .unwrap()
+            }
+        };
+        let db = &c.resources.postgres["db"];
+        assert_eq!(db.data_dir.as_deref(), Some(dir.path()));
+        assert_eq!(db.self_fence, Some(SelfFence { after: Duration::from_secs(5), mode: FenceMode::Recovery }));
+        let c = parse_env(&pg("      self_fence: { after: 2m }\n")).unwrap();
+        let sf = c.resources.postgres["db"].self_fence.unwrap();
+        assert_eq!((sf.after, sf.mode), (Duration::from_secs(120), FenceMode::ReadOnly));
+        assert!(parse_env(&pg("")).unwrap().resources.postgres["db"].self_fence.is_none());
+    }
+
+    #[test]
+    fn fencing_fields_are_checked() {
+        let at = "resources.postgres.db";
+        let e = err(&pg("      data_dir: relative/dir\n"));
+        assert_eq!(e.field, format!("{at}.data_dir"));
+        assert!(e.message.contains("not an absolute path"), "{e}");
+        let e = err(&pg("      data_dir: /nonexistent/drcut-data\n"));
+        assert!(e.field.ends_with("data_dir") && e.message.contains("not a directory"), "{e}");
+        let e = err(&pg("      bin_dir: /\n"));
+        assert_eq!(e.field, format!("{at}.bin_dir"));
+        assert!(e.message.contains("holds no pg_ctl"), "{e}");
+        let e = err(&pg("      self_fence: { after: 5 }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.after"));
+        assert!(e.message.contains("\"5\" is not a duration"), "{e}");
+        let e = err(&pg("      self_fence: { after: 500ms }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.after"));
+        assert!(e.message.contains("not between 1s and 1h"), "{e}");
+        let e = err(&pg("      self_fence: { after: 2h }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.after"));
+        let e = err(&pg("      self_fence: { after: 5s, mode: halt }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.mode"));
+        assert!(e.message.contains("\"halt\"") && e.message.contains("read_only, stop, recovery"), "{e}");
+        let e = err(&pg("      self_fence: { after: 5s, mode: stop }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.mode"));
+        assert!(e.message.contains("needs the resource's data_dir"), "{e}");
+        let e = err(&pg("      self_fence: { after: 5s, mdoe: stop }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.mdoe"));
+        let e = err(&pg("      self_fence: { mode: stop }\n"));
+        assert_eq!(e.field, format!("{at}.self_fence.after"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["5", "s", "0s", "-1s", "1.5s", "5 s", "5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,11 +11,15 @@
 //!   judges its SLOs and emits reports.
 //! - [`session`]: the AgentLink session that carries reports to the coordinator leader and
 //!   step commands from it to the [`executor`], which runs [`steps`] against real systems.
+//! - [`pgdata`]: a PostgreSQL data directory on this host: `pg_ctl`, offline fences, rebuilds.
+//! - [`lease`]: the lease from the coordinator quorum, and self-fencing when it runs out.
 //! - [`metrics`]: Prometheus `/metrics`.
 pub mod checks;
 pub mod config;
 pub mod executor;
+pub mod lease;
 pub mod metrics;
+pub mod pgdata;
 pub mod runner;
 pub mod secrets;
 pub mod session;

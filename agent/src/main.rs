@@ -1,7 +1,7 @@
 //! `drcut-agent --config agent.yaml`: the region agent.
 
 use clap::Parser;
-use drcut_agent::{config, executor, metrics, runner, session, tls};
+use drcut_agent::{config, executor, lease, metrics, runner, session, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Counted from here: an agent started while no coordinator answers self-fences too.
+    let lease = lease::Lease::new();
     tls::install_crypto_provider();
     let args = Args::parse();
     let cfg = match config::load(&args.config) {
@@ -61,7 +63,8 @@ async fn main() -> ExitCode {
     println!("drcut-agent: {} in {} running {} checks", cfg.agent_id, cfg.region, specs_for_hello.len());
     let file = args.config.display().to_string();
     let (executor, results) = executor::Executor::new(cfg.clone());
-    let links = session::Links { reports: rx, results, executor };
+    tokio::spawn(lease::run(cfg.clone(), lease.clone(), metrics.clone()));
+    let links = session::Links { reports: rx, results, executor, lease };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(e) => {

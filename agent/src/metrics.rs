@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use drcut_proto::v1::CheckReport;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -32,6 +33,12 @@ pub struct AgentMetrics {
     latency: HistogramFamily,
     /// 1 while a session with the coordinator leader is open.
     pub session: Gauge,
+    /// Seconds since the heartbeat of the newest lease was sent (or since start).
+    pub lease_age_seconds: Gauge<f64, AtomicU64>,
+    /// Per database: 1 from a self-fence until the lease is back.
+    pub self_fenced: Family<Labels, Gauge>,
+    /// Per database: self-fences done.
+    pub self_fences: Family<Labels, Counter>,
 }
 
 impl AgentMetrics {
@@ -60,7 +67,32 @@ impl AgentMetrics {
             "1 while a session with the coordinator leader is open",
             session.clone(),
         );
-        AgentMetrics { registry, values, reachable, slo_ok, latency, session }
+        let lease_age_seconds = Gauge::<f64, AtomicU64>::default();
+        let self_fenced = Family::<Labels, Gauge>::default();
+        let self_fences = Family::<Labels, Counter>::default();
+        registry.register(
+            "drcut_agent_lease_age_seconds",
+            "Seconds since the heartbeat of the newest lease from the coordinator quorum was sent (since start \
+             without one); updated only when a resource self-fences",
+            lease_age_seconds.clone(),
+        );
+        registry.register(
+            "drcut_agent_self_fenced",
+            "1 from a self-fence of the database until the lease is back (it stays fenced after that)",
+            self_fenced.clone(),
+        );
+        registry.register("drcut_agent_self_fences", "Self-fences done, per database", self_fences.clone());
+        AgentMetrics {
+            registry,
+            values,
+            reachable,
+            slo_ok,
+            latency,
+            session,
+            lease_age_seconds,
+            self_fenced,
+            self_fences,
+        }
     }
 
     /// Records one evaluation.

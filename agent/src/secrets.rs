@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// A secret value. It has no `Display`, and `Debug` prints `***`: reading it takes a deliberate
 /// [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
 impl Secret {

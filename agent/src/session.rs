@@ -5,6 +5,7 @@
 
 use crate::config::{AgentConfig, CheckSpec};
 use crate::executor::Executor;
+use crate::lease::{self, Lease};
 use crate::metrics::AgentMetrics;
 use drcut_proto::v1::agent_link_client::AgentLinkClient;
 use drcut_proto::v1::agent_message::Body as AgentBody;
@@ -39,16 +40,18 @@ pub fn check_info(c: &CheckSpec) -> CheckInfo {
 }
 
 fn hello(cfg: &AgentConfig, checks: &[CheckInfo]) -> Hello {
-    let capabilities: std::collections::BTreeSet<String> =
+    let mut capabilities: std::collections::BTreeSet<String> =
         checks.iter().map(|c| format!("check:{}", c.r#type)).collect();
+    if lease::self_fence_after_ms(cfg) > 0 {
+        capabilities.insert("self_fence".to_string());
+    }
     Hello {
         agent_id: cfg.agent_id.clone(),
         region: cfg.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         capabilities: capabilities.into_iter().collect(),
         checks: checks.to_vec(),
-        // Set once self-fencing is configured (a postgres resource's `self_fence`).
-        self_fence_after_ms: 0,
+        self_fence_after_ms: lease::self_fence_after_ms(cfg),
     }
 }
 
@@ -60,6 +63,8 @@ pub struct Links {
     pub results: mpsc::UnboundedReceiver<StepResult>,
     /// Executes step commands.
     pub executor: Arc<Executor>,
+    /// Where leases granted with heartbeat acks are recorded.
+    pub lease: Arc<Lease>,
 }
 
 async fn session(
@@ -95,8 +100,11 @@ async fn session(
     };
     // Reports queued while disconnected describe the past; the runners send fresh ones.
     while reports.try_recv().is_ok() {}
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval(lease::heartbeat_interval(cfg));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hb_seq = 0;
+    // Send times of heartbeats not acked yet: a lease counts from when its heartbeat left.
+    let mut sent: std::collections::BTreeMap<u64, tokio::time::Instant> = Default::default();
     let mut open = false;
     loop {
         tokio::select! {
@@ -108,6 +116,13 @@ async fn session(
                         metrics.session.set(1);
                     }
                     Some(CoordBody::Step(cmd)) => links.executor.handle(cmd),
+                    Some(CoordBody::HeartbeatAck(ack)) => {
+                        if let Some(at) = sent.get(&ack.seq).copied() && ack.lease_ms > 0 {
+                            links.lease.granted(at);
+                        }
+                        // Acks come in order: older heartbeats will not be acked any more.
+                        sent = sent.split_off(&(ack.seq + 1));
+                    }
                     Some(CoordBody::Redirect(r)) => {
                         metrics.session.set(0);
                         tracing::info!(leader = r.leader_id, addr = %r.leader_addr, reason = %r.reason, "redirected");
@@ -138,6 +153,11 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 hb_seq += 1;
+                sent.insert(hb_seq, tokio::time::Instant::now());
+                // A leader that never acks must not make this grow without bound.
+                while sent.len() > 64 {
+                    sent.pop_first();
+                }
                 if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq: hb_seq })) }).await.is_err() {
                     metrics.session.set(0);
                     return End::Lost("session closed".into(), open);

@@ -239,3 +239,26 @@ impl Drop for AgentProc {
         }
     }
 }
+
+/// A postgres resource for an agent config, as lines under `resources.postgres` (indented by
+/// four spaces): the DSN, optionally `data_dir` and `bin_dir`, and `extra` fields (each line
+/// one field, e.g. `self_fence: { after: 3s }`).
+pub fn postgres_resource_yaml(
+    name: &str,
+    dsn: &str,
+    data_dir: Option<&Path>,
+    bin_dir: Option<&Path>,
+    extra: &[&str],
+) -> String {
+    let mut out = format!("    {name}:\n      dsn: \"{dsn}\"\n");
+    if let Some(d) = data_dir {
+        out.push_str(&format!("      data_dir: {}\n", d.display()));
+    }
+    if let Some(b) = bin_dir {
+        out.push_str(&format!("      bin_dir: {}\n", b.display()));
+    }
+    for line in extra {
+        out.push_str(&format!("      {line}\n"));
+    }
+    out
+}

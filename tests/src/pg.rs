@@ -36,7 +36,8 @@ const PG_CONF: &str = "
 # --- drcut-tests
 fsync = off
 synchronous_commit = off
-full_page_writes = off
+# pg_rewind refuses a source without full page writes.
+full_page_writes = on
 shared_buffers = 16MB
 max_connections = 40
 wal_level = replica
@@ -51,6 +52,11 @@ wal_sender_timeout = 10s
 wal_receiver_timeout = 10s
 wal_retrieve_retry_interval = 500ms
 autovacuum = off
+# pg_rewind needs it (or data checksums) to rebuild an old primary as a standby.
+wal_log_hints = on
+# pg_rewind reads the old primary's WAL back to the last checkpoint before the divergence:
+# keep it through the checkpoints that follow (production: wal_keep_size or restore_command).
+wal_keep_size = 64MB
 logging_collector = off
 log_line_prefix = '%m [%p] '
 ";
@@ -63,6 +69,22 @@ local replication all                trust
 host  all         all  127.0.0.0/8   trust
 host  replication all  127.0.0.0/8   trust
 ";
+
+/// Options of a [`PgPair`] beyond the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    /// `wal_log_hints` on both servers (default on: `pg_rewind` needs it). Off makes a rewind of
+    /// the old primary impossible.
+    pub wal_log_hints: bool,
+    /// `synchronous_standby_names = '*'` on the primary: the standby is a `sync` standby.
+    pub synchronous: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions { wal_log_hints: true, synchronous: false }
+    }
+}
 
 /// A primary and a standby streaming from it. Dropping it stops both (immediate shutdown) and
 /// deletes their data; if the test panicked, their log tails are printed first.
@@ -109,6 +131,11 @@ impl PgPair {
     /// Creates a primary on `ip_primary` and a standby on `ip_standby` (free ports), and waits
     /// until the standby streams. Takes about two seconds.
     pub async fn start(ip_primary: Ipv4Addr, ip_standby: Ipv4Addr) -> Result<PgPair> {
+        Self::start_with(ip_primary, ip_standby, PgOptions::default()).await
+    }
+
+    /// [`PgPair::start`] with options.
+    pub async fn start_with(ip_primary: Ipv4Addr, ip_standby: Ipv4Addr, options: PgOptions) -> Result<PgPair> {
         crate::init_tracing();
         let started = Instant::now();
         let bin = pg_bin_dir()?;
@@ -125,7 +152,7 @@ impl PgPair {
             PgServer::new("standby", dir.path(), SocketAddr::from((ip_standby, free_port(ip_standby, false)?)));
         let mut pair = PgPair { bin, owner, primary, standby, dir: Some(dir) };
 
-        pair.initdb().await?;
+        pair.initdb(options).await?;
         spawn_server(&pair.bin, pair.owner, &mut pair.primary)?;
         wait_accepting(&mut pair.primary).await?;
 
@@ -133,6 +160,19 @@ impl PgPair {
         spawn_server(&pair.bin, pair.owner, &mut pair.standby)?;
         wait_accepting(&mut pair.standby).await?;
         pair.wait_streaming().await?;
+        if options.synchronous {
+            // The primary's own settings only (the standby's copy was made before).
+            // Apart: ALTER SYSTEM refuses a transaction block (a multi-statement query is one).
+            pair.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
+            pair.exec_primary("SELECT pg_reload_conf()").await?;
+            wait::until("the standby reported as sync", START_TIMEOUT, async || {
+                let n =
+                    pair.scalar_primary("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await?;
+                ensure!(n.as_deref() == Some("1"), "no sync standby yet");
+                Ok(())
+            })
+            .await?;
+        }
         tracing::info!(
             primary = %pair.primary.addr,
             standby = %pair.standby.addr,
@@ -254,20 +294,119 @@ impl PgPair {
     /// Starts the primary again on its data dir and address (crash recovery after
     /// [`PgPair::stop_primary_immediate`]) and waits until it accepts connections.
     pub async fn restart_primary(&mut self) -> Result<()> {
+        reap(&mut self.primary);
+        ensure!(pidfile_postmaster(&self.primary).is_none(), "the primary is running (started by someone else)");
         spawn_server(&self.bin, self.owner, &mut self.primary)?;
         wait_accepting(&mut self.primary).await
     }
 
-    /// The last `lines` lines of both servers' logs, for failure reports.
+    /// Starts the standby again (see [`PgPair::restart_primary`]).
+    pub async fn restart_standby(&mut self) -> Result<()> {
+        reap(&mut self.standby);
+        ensure!(pidfile_postmaster(&self.standby).is_none(), "the standby is running (started by someone else)");
+        spawn_server(&self.bin, self.owner, &mut self.standby)?;
+        wait_accepting(&mut self.standby).await
+    }
+
+    /// `kill -9` of the primary's postmaster and of every process it started: a power cut as
+    /// the server sees it (its children are killed too, or they would hold its shared memory
+    /// and keep a restart from starting).
+    pub async fn kill9_primary(&mut self) -> Result<()> {
+        let pid = match self.primary.child.as_ref().and_then(|c| c.id()) {
+            Some(p) => p as i32,
+            None => pidfile_postmaster(&self.primary).context("the primary is not running")?,
+        };
+        let children = child_pids(pid);
+        // SAFETY: plain syscalls on pids of this test's servers.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            for c in &children {
+                libc::kill(*c, libc::SIGKILL);
+            }
+        }
+        if let Some(mut child) = self.primary.child.take() {
+            child.wait().await.ok();
+        }
+        wait::until("the primary's processes gone", STOP_TIMEOUT, async || {
+            let alive: Vec<i32> =
+                std::iter::once(pid).chain(children.iter().copied()).filter(|p| pid_alive(*p)).collect();
+            ensure!(alive.is_empty(), "still alive: {alive:?}");
+            Ok(())
+        })
+        .await?;
+        tracing::info!(pid, children = children.len(), "postgres primary killed (SIGKILL)");
+        Ok(())
+    }
+
+    /// Whether a postmaster runs on the primary's data dir (started by the harness or by
+    /// anyone else, e.g. an agent's `pg_ctl`).
+    pub fn primary_running(&mut self) -> bool {
+        reap(&mut self.primary);
+        self.primary.child.is_some() || pidfile_postmaster(&self.primary).is_some()
+    }
+
+    /// The primary's data dir (for agent configs: `data_dir`).
+    pub fn primary_data_dir(&self) -> &Path {
+        &self.primary.data
+    }
+
+    /// The standby's data dir.
+    pub fn standby_data_dir(&self) -> &Path {
+        &self.standby.data
+    }
+
+    /// PostgreSQL's bin dir (for agent configs: `bin_dir`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Tries a write on the primary from a new session (a table created, a row inserted):
+    /// `Ok(Ok(()))` when it was accepted, `Ok(Err(why))` when the server refused it (the
+    /// SQLSTATE and message), `Err` when no session could be opened.
+    pub async fn try_write_primary(&self) -> Result<std::result::Result<(), String>> {
+        try_write(&self.primary.dsn()).await
+    }
+
+    /// Tries a write on the standby (see [`PgPair::try_write_primary`]).
+    pub async fn try_write_standby(&self) -> Result<std::result::Result<(), String>> {
+        try_write(&self.standby.dsn()).await
+    }
+
+    /// Fails unless a write on the primary is refused as read-only (SQLSTATE 25006).
+    pub async fn assert_primary_write_fails(&self) -> Result<()> {
+        match self.try_write_primary().await? {
+            Ok(()) => bail!("a write on the primary was accepted"),
+            Err(why) => {
+                ensure!(why.starts_with("25006"), "the write failed, but not as read-only: {why}");
+                Ok(())
+            }
+        }
+    }
+
+    /// The last `lines` lines of both servers' logs, for failure reports (and of the logs of
+    /// servers an agent started with `pg_ctl`).
     pub fn log_tail(&self, lines: usize) -> String {
         [&self.primary, &self.standby]
             .iter()
-            .map(|s| format!("----- postgres {} ({}):\n{}\n", s.name, s.log.display(), file_tail(&s.log, lines)))
+            .map(|s| {
+                let ctl = s.data.join("drcut-pg_ctl.log");
+                let ctl = if ctl.exists() {
+                    format!(
+                        "----- postgres {} started by pg_ctl ({}):\n{}\n",
+                        s.name,
+                        ctl.display(),
+                        file_tail(&ctl, lines)
+                    )
+                } else {
+                    String::new()
+                };
+                format!("----- postgres {} ({}):\n{}\n{ctl}", s.name, s.log.display(), file_tail(&s.log, lines))
+            })
             .collect()
     }
 
     /// `initdb` for the primary, then the shared settings and client auth.
-    async fn initdb(&self) -> Result<()> {
+    async fn initdb(&self, options: PgOptions) -> Result<()> {
         let data = &self.primary.data;
         let args = [
             "-D".as_ref(),
@@ -285,6 +424,9 @@ impl PgPair {
         run_tool(&self.bin.join("initdb"), &args, self.owner, self.dir()).await?;
         let mut conf = OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
         conf.write_all(PG_CONF.as_bytes())?;
+        if !options.wal_log_hints {
+            conf.write_all(b"wal_log_hints = off\n")?;
+        }
         std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
         chown(&data.join("pg_hba.conf"), self.owner)
     }
@@ -329,6 +471,58 @@ impl Drop for PgPair {
             eprintln!("drcut-tests: kept {}", dir.keep().display());
         }
     }
+}
+
+/// A write from a new session on `dsn` (see [`PgPair::try_write_primary`]).
+pub async fn try_write(dsn: &str) -> Result<std::result::Result<(), String>> {
+    let c = connect(dsn).await?;
+    let r = c
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS drcut_write_check (at timestamptz); INSERT INTO drcut_write_check VALUES (now())",
+        )
+        .await;
+    Ok(r.map_err(|e| match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }))
+}
+
+/// Reaps `server`'s child if it has exited (stopped by someone else, e.g. `pg_ctl stop`).
+fn reap(server: &mut PgServer) {
+    if server.child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))) {
+        server.child = None;
+    }
+}
+
+/// The pid of a live postmaster named by `server`'s `postmaster.pid`.
+fn pidfile_postmaster(server: &PgServer) -> Option<i32> {
+    let text = std::fs::read_to_string(server.data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    (pid_alive(pid) && cwd == std::fs::canonicalize(&server.data).ok()?).then_some(pid)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie has exited: its /proc stat state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The pids whose parent is `pid`.
+fn child_pids(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(p)
+        })
+        .collect()
 }
 
 /// Connects to `dsn` without TLS and drives the connection in a background task.
@@ -529,8 +723,19 @@ async fn wait_accepting(server: &mut PgServer) -> Result<()> {
 
 /// Immediate shutdown (SIGQUIT) and wait; SIGKILL if it hangs.
 async fn stop_immediate(server: &mut PgServer) -> Result<()> {
+    reap(server);
     let Some(mut child) = server.child.take() else {
-        bail!("postgres {} is not running", server.name);
+        // Started by an agent's pg_ctl: not our child, found by its pid file.
+        let pid = pidfile_postmaster(server).with_context(|| format!("postgres {} is not running", server.name))?;
+        // SAFETY: plain syscall on the postmaster of this test's data dir.
+        unsafe {
+            libc::kill(pid, libc::SIGQUIT);
+        }
+        return wait::until(&format!("postgres {} (pid {pid}) to exit", server.name), STOP_TIMEOUT, async || {
+            ensure!(!pid_alive(pid), "still running");
+            Ok(())
+        })
+        .await;
     };
     signal(&child, libc::SIGQUIT);
     if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
@@ -545,7 +750,19 @@ async fn stop_immediate(server: &mut PgServer) -> Result<()> {
 /// [`stop_immediate`] without an async context, for `Drop`: the data dir is deleted next, so
 /// the server must be gone first.
 fn stop_now(server: &mut PgServer) {
+    reap(server);
     let Some(mut child) = server.child.take() else {
+        // Started by an agent's pg_ctl: not our child, found by its pid file.
+        if let Some(pid) = pidfile_postmaster(server) {
+            // SAFETY: plain syscall on the postmaster of this test's data dir.
+            unsafe {
+                libc::kill(pid, libc::SIGQUIT);
+            }
+            let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+            while pid_alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         return;
     };
     signal(&child, libc::SIGQUIT);

@@ -17,8 +17,11 @@ const TARGET_SQL: &str = "SELECT pg_is_in_recovery(), \
      pg_last_wal_replay_lsn()::text, \
      EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8";
 
-/// The primary's write position, the reference for a standby's lag.
-const PRIMARY_SQL: &str = "SELECT pg_current_wal_lsn()::text";
+/// The primary's write position, the reference for a standby's lag, and whether a standby
+/// acknowledges its commits synchronously (then an unplanned failover to it loses no
+/// acknowledged write).
+const PRIMARY_SQL: &str = "SELECT pg_current_wal_lsn()::text, \
+     EXISTS (SELECT 1 FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))";
 
 /// The role a server plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +125,8 @@ impl PostgresProbe {
     }
 
     /// Queries once. reachable = session up and query ran; values `latency_ms`, `is_primary`,
-    /// `writable`, `receive_lag_bytes`, `replay_lag_bytes`, `lag_bytes`, `lag_seconds`; labels
+    /// `writable`, `receive_lag_bytes`, `replay_lag_bytes`, `lag_bytes`, `lag_seconds`, and,
+    /// when the primary answered, `synchronous` (1 when it has a `sync` or `quorum` standby); labels
     /// `role`; ok = the expected role (if any).
     pub async fn run(&mut self, timeout: Duration) -> Sample {
         let start = Instant::now();
@@ -147,17 +151,25 @@ impl PostgresProbe {
         let mut error = None;
         // Lag of a standby. The primary is asked after the standby, so its position is never
         // older than the standby's: lag may be overstated by the writes in between, never hidden.
+        let mut synchronous = None;
         let lag = if target.in_recovery {
             let mut reference = None;
             if let Some(p) = &mut self.primary {
                 match tokio::time::timeout_at(deadline, p.query()).await {
-                    Ok(Ok(row)) => match row.try_get::<_, Option<String>>(0) {
-                        Ok(Some(text)) => match parse_lsn(&text) {
-                            Some(lsn) => reference = Some(lsn),
-                            None => error = Some(format!("primary {}: cannot parse LSN {text:?}", p.name)),
-                        },
-                        Ok(None) => error = Some(format!("primary {}: no WAL position", p.name)),
-                        Err(e) => error = Some(format!("primary {}: {}", p.name, error_chain(&e))),
+                    Ok(Ok(row)) => match (row.try_get::<_, Option<String>>(0), row.try_get::<_, bool>(1)) {
+                        (Ok(_), Err(e)) | (Err(e), _) => {
+                            error = Some(format!("primary {}: {}", p.name, error_chain(&e)))
+                        }
+                        (Ok(text), Ok(sync)) => {
+                            synchronous = Some(sync);
+                            match text {
+                                Some(text) => match parse_lsn(&text) {
+                                    Some(lsn) => reference = Some(lsn),
+                                    None => error = Some(format!("primary {}: cannot parse LSN {text:?}", p.name)),
+                                },
+                                None => error = Some(format!("primary {}: no WAL position", p.name)),
+                            }
+                        }
                     },
                     Ok(Err(e)) => {
                         p.conn = None;
@@ -186,6 +198,9 @@ impl PostgresProbe {
             ("is_primary".to_string(), if role == Role::Primary { 1.0 } else { 0.0 }),
             ("writable".to_string(), if target.writable { 1.0 } else { 0.0 }),
         ]);
+        if let Some(sync) = synchronous {
+            values.insert("synchronous".to_string(), if sync { 1.0 } else { 0.0 });
+        }
         if let Some(l) = lag {
             values.insert("receive_lag_bytes".to_string(), l.receive_bytes as f64);
             values.insert("replay_lag_bytes".to_string(), l.replay_bytes as f64);

@@ -455,7 +455,11 @@ struct HookParams {
     _inputs: IgnoredAny,
 }
 
-async fn hook(params: &serde_json::Value, ctx: &StepContext<'_>, deadline: Instant) -> Result<StepOutcome, String> {
+pub(super) async fn hook(
+    params: &serde_json::Value,
+    ctx: &StepContext<'_>,
+    deadline: Instant,
+) -> Result<StepOutcome, String> {
     let p: HookParams = parse_params(params)?;
     match (p.exec, p.webhook) {
         (Some(argv), None) => {

@@ -6,8 +6,10 @@
 //! module; executors only act and report.
 
 pub mod dns;
+pub mod fence;
 pub mod http;
 pub mod postgres;
+pub mod rebuild;
 
 use crate::config::Resources;
 use std::collections::BTreeMap;
@@ -71,6 +73,7 @@ pub const ACTIONS: &[&str] = &[
     "warm_caches",
     "smoke",
     "hook",
+    "rebuild_standby",
 ];
 
 /// Runs `action` with its `params` (the step's `with:` settings after parameter substitution,
@@ -78,6 +81,12 @@ pub const ACTIONS: &[&str] = &[
 pub async fn execute(action: &str, params: &serde_json::Value, ctx: &StepContext<'_>) -> StepOutcome {
     let run = async {
         if let Some(o) = postgres::execute(action, params, ctx).await {
+            return o;
+        }
+        if let Some(o) = fence::execute(action, params, ctx).await {
+            return o;
+        }
+        if let Some(o) = rebuild::execute(action, params, ctx).await {
             return o;
         }
         if let Some(o) = dns::execute(action, params, ctx).await {

@@ -1,5 +1,6 @@
-//! PostgreSQL step executors: `freeze_writes`, `wait_replication`, `fence`, `promote_db` and
-//! `unfreeze_writes`, each against a named `postgres` resource of the agent.
+//! PostgreSQL step executors: `freeze_writes`, `wait_replication`, `promote_db` and
+//! `unfreeze_writes`, each against a named `postgres` resource of the agent, and the session
+//! helpers `fence` (in [`super::fence`]) builds on.
 //!
 //! Every executor is idempotent and verifies its effect from a fresh session (the state a new
 //! client connection would see) rather than trusting the command it sent. Details name the
@@ -106,7 +107,6 @@ pub async fn execute(action: &str, params: &serde_json::Value, ctx: &StepContext
             other => other,
         },
         "wait_replication" => wait_replication(params, ctx, start, deadline).await,
-        "fence" => fence(params, ctx, start, deadline).await,
         "promote_db" => promote_db(params, ctx, start, deadline).await,
         _ => return None,
     };
@@ -175,16 +175,6 @@ struct WaitParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FenceParams {
-    database: String,
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(default, rename = "inputs")]
-    _inputs: IgnoredAny,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PromoteParams {
     database: String,
     #[serde(default, rename = "inputs")]
@@ -201,13 +191,13 @@ fn parse_params<T: DeserializeOwned>(params: &serde_json::Value) -> Result<T, Fa
 /// Why a step failed. `Unreachable` (no session, a session lost, no answer in time) is told
 /// apart because for `fence` it means "not verified", not "refused".
 #[derive(Debug)]
-enum Fail {
+pub(super) enum Fail {
     Unreachable(String),
     Other(String),
 }
 
 impl Fail {
-    fn text(self) -> String {
+    pub(super) fn text(self) -> String {
         match self {
             Fail::Unreachable(t) | Fail::Other(t) => t,
         }
@@ -254,8 +244,8 @@ fn pg_bool_true(value: &str) -> bool {
 
 /// One named database for the length of a step: its connection settings, the step's deadline,
 /// and the backends of the step's own short-lived sessions (which are never terminated).
-struct Db<'a> {
-    name: &'a str,
+pub(super) struct Db<'a> {
+    pub(super) name: &'a str,
     dsn: &'a Secret,
     config: Config,
     deadline: Instant,
@@ -263,8 +253,8 @@ struct Db<'a> {
 }
 
 /// What a fresh session sees.
-struct Probe {
-    in_recovery: bool,
+pub(super) struct Probe {
+    pub(super) in_recovery: bool,
     /// The session has the configuration loaded at or after the time asked about.
     reloaded: bool,
     /// `transaction_read_only` of its first transaction.
@@ -273,14 +263,14 @@ struct Probe {
     default_read_only: bool,
     default_source: String,
     /// The server's clock when the session looked, µs since the epoch.
-    now_us: i64,
+    pub(super) now_us: i64,
     /// The outcome of a write attempt; `None` when not attempted (not reloaded yet).
-    write: Option<Write>,
+    pub(super) write: Option<Write>,
 }
 
 /// The outcome of a write attempt (`CREATE TEMP TABLE` in a transaction rolled back).
 #[derive(Debug, PartialEq)]
-enum Write {
+pub(super) enum Write {
     Succeeded,
     /// Refused as a write in a read-only transaction (SQLSTATE 25006).
     RefusedReadOnly,
@@ -290,7 +280,7 @@ enum Write {
 
 impl<'a> Db<'a> {
     /// The database resource `name` of the agent.
-    fn open(ctx: &'a StepContext<'_>, name: &'a str, deadline: Instant) -> Result<Db<'a>, Fail> {
+    pub(super) fn open(ctx: &'a StepContext<'_>, name: &'a str, deadline: Instant) -> Result<Db<'a>, Fail> {
         let resource = ctx.resources.postgres.get(name).ok_or_else(|| {
             let known: Vec<&str> = ctx.resources.postgres.keys().map(String::as_str).collect();
             let known = if known.is_empty() { "none defined".to_string() } else { known.join(", ") };
@@ -308,7 +298,7 @@ impl<'a> Db<'a> {
 
     /// Bounds `fut` by the step's deadline and turns its error into a [`Fail`] that names the
     /// database and what was being done.
-    async fn within<T>(
+    pub(super) async fn within<T>(
         &self,
         what: &str,
         fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
@@ -326,12 +316,12 @@ impl<'a> Db<'a> {
         if e.as_db_error().is_none() { Fail::Unreachable(text) } else { Fail::Other(text) }
     }
 
-    fn other(&self, text: impl std::fmt::Display) -> Fail {
+    pub(super) fn other(&self, text: impl std::fmt::Display) -> Fail {
         Fail::Other(format!("{}: {text}", self.name))
     }
 
     /// A new session; its connection task ends when the client is dropped.
-    async fn connect(&self) -> Result<Client, Fail> {
+    pub(super) async fn connect(&self) -> Result<Client, Fail> {
         let (client, connection) = self.within("connecting", self.config.connect(NoTls)).await?;
         tokio::spawn(async move {
             let _ = connection.await;
@@ -340,7 +330,7 @@ impl<'a> Db<'a> {
     }
 
     /// A new session whose backend is remembered as the step's own.
-    async fn connect_own(&self) -> Result<Client, Fail> {
+    pub(super) async fn connect_own(&self) -> Result<Client, Fail> {
         let client = self.connect().await?;
         let pid: i32 =
             self.within("reading the session's pid", client.query_one("SELECT pg_backend_pid()", &[])).await?.get(0);
@@ -348,7 +338,7 @@ impl<'a> Db<'a> {
         Ok(client)
     }
 
-    async fn in_recovery(&self, c: &Client) -> Result<bool, Fail> {
+    pub(super) async fn in_recovery(&self, c: &Client) -> Result<bool, Fail> {
         Ok(self.within("reading the role", c.query_one("SELECT pg_is_in_recovery()", &[])).await?.get(0))
     }
 
@@ -381,7 +371,7 @@ impl<'a> Db<'a> {
 
     /// Opens a fresh session and reports what it sees; tries a write when the session has the
     /// configuration loaded at or after `since_us`.
-    async fn probe(&self, since_us: i64) -> Result<Probe, Fail> {
+    pub(super) async fn probe(&self, since_us: i64) -> Result<Probe, Fail> {
         let c = self.connect_own().await?;
         let row = self
             .within(
@@ -489,7 +479,7 @@ impl<'a> Db<'a> {
     /// are gone (their transactions aborted); repeats until none matches. Returns how many were
     /// terminated. All are signalled at once and then polled: `pg_terminate_backend(pid,
     /// timeout)` would wait for them one by one, 100 ms at a time.
-    async fn terminate(&self, c: &Client, filter: &str, since_us: i64) -> Result<u64, Fail> {
+    pub(super) async fn terminate(&self, c: &Client, filter: &str, since_us: i64) -> Result<u64, Fail> {
         let mut terminated = 0u64;
         for _ in 0..TERMINATE_ROUNDS {
             let own: Vec<i32> = self.own_pids.lock().expect("pid list lock").clone();
@@ -531,7 +521,7 @@ impl<'a> Db<'a> {
 
     /// Makes new transactions read-only server-wide and verifies it from a fresh session.
     /// Returns that session's view (its `now_us` is the freeze time).
-    async fn make_read_only(&self, c: &Client) -> Result<Probe, Fail> {
+    pub(super) async fn make_read_only(&self, c: &Client) -> Result<Probe, Fail> {
         let since = self.set_read_only(c, true).await?;
         let p = self.probe_reloaded(since).await?;
         match &p.write {
@@ -560,11 +550,11 @@ impl<'a> Db<'a> {
 }
 
 /// Milliseconds since `start`.
-fn ms_since(start: Instant) -> f64 {
+pub(super) fn ms_since(start: Instant) -> f64 {
     millis(start.elapsed())
 }
 
-fn measurements(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+pub(super) fn measurements(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
@@ -811,57 +801,6 @@ async fn promoted_has(db: &Db<'_>, c: &Client, target: Option<u64>, start: Insta
     })
 }
 
-// === fence ===
-
-async fn fence(
-    params: &serde_json::Value,
-    ctx: &StepContext<'_>,
-    start: Instant,
-    deadline: Instant,
-) -> Result<StepOutcome, Fail> {
-    let p: FenceParams = parse_params(params)?;
-    match p.mode.as_deref() {
-        None | Some("read_only") => {}
-        Some(m) => {
-            return Err(Fail::Other(format!("param mode: {m:?} is not supported (supported: read_only)")));
-        }
-    }
-    let db = Db::open(ctx, &p.database, deadline)?;
-    match fence_db(&db, start).await {
-        Err(Fail::Unreachable(e)) => Ok(StepOutcome::failed(format!("fence: unreachable: cannot verify fence: {e}"))),
-        other => other,
-    }
-}
-
-async fn fence_db(db: &Db<'_>, start: Instant) -> Result<StepOutcome, Fail> {
-    let c = db.connect_own().await?;
-    let in_recovery = db.in_recovery(&c).await?;
-    let probe = db.make_read_only(&c).await?;
-    // Every session that existed before the fence took effect; new ones start read-only.
-    let terminated = db
-        .terminate(
-            &c,
-            "backend_xid IS NOT NULL OR (extract(epoch FROM backend_start) * 1000000)::int8 < $1::int8",
-            probe.now_us,
-        )
-        .await?;
-    // Verified again after the terminations, from a fresh session.
-    let after = db.probe(i64::MIN).await?;
-    if after.write != Some(Write::RefusedReadOnly) {
-        return Err(db.other(format!("a new session's write was not refused after fencing: {:?}", after.write)));
-    }
-    let role = if in_recovery { "a standby, now also read-only if promoted" } else { "a primary" };
-    Ok(StepOutcome {
-        ok: true,
-        detail: format!(
-            "{}: fenced read-only ({role}): new sessions refuse writes (verified), {terminated} session(s) terminated",
-            db.name
-        ),
-        measurements: measurements(&[("terminated_sessions", terminated as f64), ("fence_ms", ms_since(start))]),
-        data: json!({ "in_recovery": in_recovery }),
-    })
-}
-
 // === promote_db ===
 
 async fn promote_db(
@@ -964,7 +903,10 @@ mod tests {
         let mut r = Resources::default();
         r.postgres.insert(
             "db".to_string(),
-            PostgresResource { dsn: Secret::new("host=127.0.0.1 port=1 user=postgres password=pw-Secret-1") },
+            PostgresResource {
+                dsn: Secret::new("host=127.0.0.1 port=1 user=postgres password=pw-Secret-1"),
+                ..Default::default()
+            },
         );
         r
     }
@@ -987,8 +929,6 @@ mod tests {
         assert!(!o.ok && o.detail.contains("param lsn"), "{}", o.detail);
         let o = run("promote_db", json!({})).await;
         assert!(!o.ok && o.detail.contains("database"), "{}", o.detail);
-        let o = run("fence", json!({"database": "db", "mode": "stonith"})).await;
-        assert!(!o.ok && o.detail.contains("param mode"), "{}", o.detail);
         let o = run("freeze_writes", json!({"database": "nope"})).await;
         assert!(!o.ok && o.detail.contains("\"nope\"") && o.detail.contains("known: db"), "{}", o.detail);
         let r = resources();
@@ -1001,9 +941,9 @@ mod tests {
         let addr = crate::checks::testutil::closed_port().await;
         let mut r = Resources::default();
         let dsn = format!("host={} port={} user=postgres password=pw-Secret-2", addr.ip(), addr.port());
-        r.postgres.insert("old".to_string(), PostgresResource { dsn: Secret::new(dsn) });
+        r.postgres.insert("old".to_string(), PostgresResource { dsn: Secret::new(dsn), ..Default::default() });
         let ctx = StepContext { resources: &r, timeout: Duration::from_secs(3) };
-        let o = execute("fence", &json!({"database": "old"}), &ctx).await.unwrap();
+        let o = super::super::execute("fence", &json!({"database": "old"}), &ctx).await;
         assert!(!o.ok && o.detail.starts_with("fence: unreachable: cannot verify fence: old:"), "{}", o.detail);
         assert!(!o.detail.contains("pw-Secret-2"), "{}", o.detail);
         let o = execute("promote_db", &json!({"database": "old"}), &ctx).await.unwrap();
