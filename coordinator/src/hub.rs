@@ -114,7 +114,9 @@ impl HealthHub {
         if let Some(l) = g.live.get_mut(agent) {
             l.last_seen_ms = now_ms;
         }
-        if r.values.contains_key("receive_lag_bytes") {
+        // Only a standby measured against its primary says what it lacks: the agent reports
+        // `synchronous` exactly when the primary answered the same probe.
+        if r.values.contains_key("receive_lag_bytes") && r.values.contains_key("synchronous") {
             let sample = LagSample {
                 at_ms: now_ms,
                 agent: agent.to_string(),

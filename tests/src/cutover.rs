@@ -53,6 +53,8 @@ pub struct EnvOptions {
     pub west_agent_via_proxy: bool,
     /// Extra settings of eu-west's `wallet-db` resource, e.g. `, self_fence: { after: 3s }`.
     pub west_db_extra: String,
+    /// eu-west's agent knows its primary's data and bin dirs (offline fencing, rebuilds).
+    pub west_data_dir: bool,
     /// The coordinator's and agents' default health settings instead of the tests' faster ones
     /// (for benchmarks: figures at the defaults).
     pub default_health: bool,
@@ -128,7 +130,15 @@ impl Env {
             y.push_str("checks:\n  - { name: app, type: http, resource: wallet-api, path: /health, interval_ms: 200, slo: [\"p95_ms <= 300\"] }\n");
             y
         };
-        let mut west_yaml = resources(&pg.primary_dsn(), &opt.west_db_extra, None, &west_app);
+        let mut west_extra = opt.west_db_extra.clone();
+        if opt.west_data_dir {
+            west_extra.push_str(&format!(
+                ", data_dir: \"{}\", bin_dir: \"{}\"",
+                pg.primary_data_dir().display(),
+                pg.bin_dir().display()
+            ));
+        }
+        let mut west_yaml = resources(&pg.primary_dsn(), &west_extra, None, &west_app);
         west_yaml.push_str("  - { name: db, type: postgres, resource: wallet-db, interval_ms: 200 }\n");
         let mut central_yaml = resources(&pg.standby_dsn(), "", Some(&pg.primary_dsn()), &central_app);
         central_yaml.push_str(
