@@ -223,6 +223,9 @@ struct Hook {
     exec: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     webhook: Option<String>,
+    /// JSON posted to the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -346,8 +349,13 @@ pub(crate) fn check_with(
             c.json(&s)?
         }
         Action::Hook => {
-            let s: Hook = c.typed(node)?;
+            let mut s: Hook = c.typed(node)?;
             c.hook(base, &s)?;
+            if s.body.is_some()
+                && let Some(b) = ctx.node(&base.key("body"))
+            {
+                s.body = Some(yaml_to_json(b));
+            }
             c.json(&s)?
         }
         Action::Approval => {
@@ -356,6 +364,33 @@ pub(crate) fn check_with(
         }
     };
     Ok(value)
+}
+
+/// A free-form YAML value (a webhook body) as JSON: plain scalars that read as numbers,
+/// booleans or null become those; quoted ones stay strings, as the author wrote them.
+fn yaml_to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match node {
+        Node::Scalar(s) => {
+            let t = s.as_str();
+            if !s.may_coerce() {
+                return Value::String(t.to_string());
+            }
+            match t {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                "null" | "~" => Value::Null,
+                _ => t
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .ok()
+                    .or_else(|| t.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number))
+                    .unwrap_or_else(|| Value::String(t.to_string())),
+            }
+        }
+        Node::Mapping(m) => Value::Object(m.iter().map(|(k, v)| (k.as_str().to_string(), yaml_to_json(v))).collect()),
+        Node::Sequence(q) => Value::Array(q.iter().map(yaml_to_json).collect()),
+    }
 }
 
 struct Check<'a, 'b> {
@@ -420,6 +455,9 @@ impl Check<'_, '_> {
             (None, None) => Err(self.ctx.at(base, "missing: give exec (a command) or webhook (a URL)")),
             (Some(e), None) if e.is_empty() || e[0].is_empty() => {
                 Err(self.ctx.at(&base.key("exec"), "must name a program to run"))
+            }
+            (Some(_), None) if s.body.is_some() => {
+                Err(self.ctx.at_key(&base.key("body"), "body goes with webhook, not exec"))
             }
             (None, Some(u)) => self.url(&base.key("webhook"), u),
             _ => Ok(()),

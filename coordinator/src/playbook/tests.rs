@@ -494,6 +494,13 @@ fn with_settings_are_checked_per_action() {
     assert_at(&refused(&text), 11, col(&text, 11, "{ mode"), "spec.steps[0].with", "give database");
     let text = one("    - { id: w, action: fence, region: eu-west, with: { hook: { exec: [] } } }\n");
     assert_at(&refused(&text), 11, col(&text, 11, "[]"), "spec.steps[0].with.hook.exec", "program");
+    let r = parse(&one("    - { id: h, action: hook, region: eu-west, with: { webhook: \"https://x.example/p\", body: { page: sre, n: 2 } } }\n"))
+        .unwrap()
+        .resolve(&no_params())
+        .unwrap();
+    assert_eq!(r.steps[0].with["body"], serde_json::json!({"page": "sre", "n": 2}));
+    let text = one("    - { id: h, action: hook, region: eu-west, with: { exec: [x], body: {} } }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "body"), "spec.steps[0].with.body", "goes with webhook");
     let text = one("    - { id: w, action: rebuild_standby, region: eu-west, with: { database: db, upstream: db } }\n");
     assert_at(&refused(&text), 11, col(&text, 11, "db }"), "spec.steps[0].with.upstream", "another database");
     let text = doc(&[FREEZE, WAIT, PROMOTE, &SHIFT.replace("198.51.100.1", "198.51.100.256")]);
