@@ -296,19 +296,26 @@ pub async fn automatic_tick(app: &AppRef, now_ms: i64) {
     }
 }
 
-/// Blockers of an unplanned start that a planned one does not have, and vice versa.
+/// What a start into a region holding a fenced old primary needs: a `rebuild_standby` first.
+/// The target is the region the playbook promotes in (or fails over to).
 pub fn unplanned_blockers(app: &AppRef, r: &ResolvedPlaybook) -> Vec<String> {
-    let mut out = Vec::new();
-    let Some(f) = &r.failover else { return out };
-    if let Some(order) = app.view.services().get(&r.service).and_then(|s| s.fences.get(&f.target).cloned())
-        && !r.steps.iter().any(|s| s.action == crate::playbook::Action::RebuildStandby)
-    {
-        out.push(format!(
-            "target {} holds the old primary fenced by run {}: rebuild it as a standby first (rebuild_standby)",
-            f.target, order.run_id
-        ));
+    use crate::playbook::Action;
+    let target = r
+        .steps
+        .iter()
+        .find(|s| s.action == Action::PromoteDb)
+        .and_then(|s| s.region.clone())
+        .or_else(|| r.failover.as_ref().map(|f| f.target.clone()));
+    let Some(target) = target else { return vec![] };
+    let rebuilds = r.steps.iter().any(|s| s.action == Action::RebuildStandby && s.region.as_ref() == Some(&target));
+    match app.view.services().get(&r.service).and_then(|s| s.fences.get(&target).cloned()) {
+        Some(order) if !rebuilds => vec![format!(
+            "target {target} holds the old primary fenced by run {}: it needs pg_rewind or a fresh base backup \
+             first (a rebuild_standby step in {target} before the promotion)",
+            order.run_id
+        )],
+        _ => vec![],
     }
-    out
 }
 
 #[cfg(test)]

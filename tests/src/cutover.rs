@@ -138,7 +138,9 @@ impl Env {
                 pg.bin_dir().display()
             ));
         }
-        let mut west_yaml = resources(&pg.primary_dsn(), &west_extra, None, &west_app);
+        // With its data dir, eu-west can be rebuilt as a standby of eu-central (failback).
+        let west_peer = opt.west_data_dir.then(|| pg.standby_dsn());
+        let mut west_yaml = resources(&pg.primary_dsn(), &west_extra, west_peer.as_deref(), &west_app);
         west_yaml.push_str("  - { name: db, type: postgres, resource: wallet-db, interval_ms: 200 }\n");
         let mut central_yaml = resources(&pg.standby_dsn(), "", Some(&pg.primary_dsn()), &central_app);
         central_yaml.push_str(
@@ -294,6 +296,51 @@ spec:
                 "  steps:\n",
                 &format!("  failover:\n    source: ${{source}}\n    target: ${{target}}\n{failover_extra}  steps:\n"),
             )
+    }
+
+    /// The failback playbook (eu-central → eu-west after an unplanned failover): rebuild the
+    /// fenced old primary as a standby of eu-central first, then the planned order.
+    pub fn failback_playbook(&self) -> String {
+        let (w, c) = (self.west_ip(), self.central_ip());
+        format!(
+            r#"apiVersion: drcut/v1
+kind: Playbook
+metadata: {{ name: wallet-failback }}
+spec:
+  service: wallet
+  parameters:
+    source: {{ kind: region, default: eu-central }}
+    target: {{ kind: region, default: eu-west }}
+  preconditions: {{ target_region: "${{target}}" }}
+  defaults: {{ timeout: 15s, retries: 1, retry_backoff: 200ms, on_failure: rollback }}
+  steps:
+    - {{ id: rebuild, action: rebuild_standby, region: "${{target}}", timeout: 60s, retries: 0, with: {{ database: wallet-db, upstream: wallet-db-peer }} }}
+    - {{ id: freeze, action: freeze_writes, region: "${{source}}", with: {{ database: wallet-db }}, compensate: {{ action: unfreeze_writes, region: "${{source}}", with: {{ database: wallet-db }} }} }}
+    - {{ id: catch-up, action: wait_replication, region: "${{target}}", with: {{ database: wallet-db }} }}
+    - {{ id: fence, action: fence, region: "${{source}}", with: {{ database: wallet-db }} }}
+    - {{ id: promote, action: promote_db, region: "${{target}}", with: {{ database: wallet-db }}, on_failure: pause }}
+    - {{ id: repoint, action: repoint_clients, region: "${{target}}", with: {{ dns: gslb, zone: gslb.example., name: wallet-db.gslb.example., answers: ["{w}"], ttl: 5 }}, on_failure: pause }}
+    - {{ id: unfreeze, action: unfreeze_writes, region: "${{target}}", with: {{ database: wallet-db }}, on_failure: pause }}
+    - {{ id: shift, action: shift_traffic, region: "${{target}}", phases: [100], with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{c}"], to: ["{w}"], ttl: 5 }}, on_failure: pause }}
+"#
+        )
+    }
+
+    /// Turns on synchronous replication (a commit is acknowledged once the standby has it) and
+    /// waits until the primary reports its standby as `sync`.
+    pub async fn synchronous_replication(&self) -> Result<()> {
+        self.pg.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
+        self.pg.exec_primary("ALTER SYSTEM SET synchronous_commit = 'on'").await?;
+        self.pg.exec_primary("SELECT pg_reload_conf()").await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.pg.scalar_primary("SELECT string_agg(sync_state, ',') FROM pg_stat_replication").await?;
+            if s.as_deref() == Some("sync") {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "standby not synchronous: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Applies `text` as a playbook through drctl (writes it into the test dir first).

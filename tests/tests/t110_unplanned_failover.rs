@@ -19,22 +19,6 @@ use tokio::time::Instant;
 
 const AUTOMATIC: &str = "    automatic: { enabled: true, cooldown: 10m }\n";
 
-/// Synchronous replication: a commit is acknowledged only once the standby has it.
-async fn synchronous(env: &Env) -> Result<()> {
-    env.pg.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
-    env.pg.exec_primary("ALTER SYSTEM SET synchronous_commit = 'on'").await?;
-    env.pg.exec_primary("SELECT pg_reload_conf()").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = env.pg.scalar_primary("SELECT string_agg(sync_state, ',') FROM pg_stat_replication").await?;
-        if s.as_deref() == Some("sync") {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "standby not synchronous: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Kills eu-west's agent and primary database at once; returns when.
 async fn lose_west(env: &mut Env) -> Result<Instant> {
     let t0 = Instant::now();
@@ -63,7 +47,7 @@ async fn succeeded(env: &Env, run: &str, timeout: Duration) -> Result<serde_json
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn automatic_failover_loses_nothing_and_the_old_primary_stays_fenced() -> Result<()> {
     let mut env = Env::start_with(110, EnvOptions { witness: true, west_data_dir: true, ..Default::default() }).await?;
-    synchronous(&env).await?;
+    env.synchronous_replication().await?;
     env.apply_playbook("failover", &env.failover_playbook(AUTOMATIC)).await?;
 
     tracing::info!("--- a canary writes through the loss");

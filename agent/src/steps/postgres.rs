@@ -68,6 +68,10 @@ use tokio_postgres::{Client, Config, NoTls};
 /// How often `wait_replication` asks the standby for its replay position.
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long replay must stand still, short of the received end, before a drain accepts the
+/// rest as a torn record the lost primary never finished sending.
+const DRAIN_SETTLE: Duration = Duration::from_secs(1);
+
 /// How often a fresh session checks whether a configuration reload has reached new sessions.
 const RELOAD_POLL: Duration = Duration::from_millis(10);
 
@@ -165,10 +169,11 @@ struct WaitParams {
     max_lag_bytes: u64,
     #[serde(default)]
     lsn: Option<String>,
-    /// Unplanned failover (the source is gone, nothing was frozen): replay what was received.
-    /// Without `lsn` that is what the wait does anyway; the flag only makes the intent explicit.
-    #[serde(default, rename = "drain")]
-    _drain: bool,
+    /// Unplanned failover (the source is gone, nothing was frozen): replay what was received,
+    /// and accept a tail that can never replay (a record cut off by the primary's loss) once
+    /// replay has stood still for [`DRAIN_SETTLE`].
+    #[serde(default)]
+    drain: bool,
     #[serde(default, rename = "inputs")]
     _inputs: IgnoredAny,
 }
@@ -679,6 +684,8 @@ async fn wait_replication(
     let stmt = db.within("preparing the poll", c.prepare(sql)).await?;
     // The last position seen: (replay, bytes remaining, what they are measured against).
     let mut last: Option<(u64, u64, String)> = None;
+    // A drain: since when replay and receive stand still, and where.
+    let mut stalled: Option<(Instant, u64, u64)> = None;
     let timed_out = |(replay, remaining, against): (u64, u64, String)| StepOutcome {
         ok: false,
         detail: format!(
@@ -729,6 +736,34 @@ async fn wait_replication(
                     "last_replay_unix_ms": replayed_at,
                 }),
             });
+        }
+        if p.drain && target.is_none() {
+            let now = Instant::now();
+            match stalled {
+                Some((at, r, rc)) if r == replay && rc == receive => {
+                    if now.duration_since(at) >= DRAIN_SETTLE {
+                        return Ok(StepOutcome {
+                            ok: true,
+                            detail: format!(
+                                "{}: drained: replay stands at {}, {remaining} byte(s) short of {against}: a torn \
+                                 record the lost primary never finished sending",
+                                db.name,
+                                format_lsn(replay)
+                            ),
+                            measurements: measurements(&[
+                                ("wait_ms", ms_since(start)),
+                                ("remaining_bytes", remaining as f64),
+                            ]),
+                            data: json!({
+                                "replay_lsn": format_lsn(replay),
+                                "receive_lsn": format_lsn(receive),
+                                "last_replay_unix_ms": row.get::<_, Option<f64>>(3).map(|ms| ms as i64),
+                            }),
+                        });
+                    }
+                }
+                _ => stalled = Some((now, replay, receive)),
+            }
         }
         if Instant::now() + POLL >= deadline {
             return Ok(timed_out((replay, remaining, against)));

@@ -1,7 +1,7 @@
 //! Unplanned failover figures at the default health settings (agents check every 300 ms, the
 //! coordinator needs 3 bad reports and a quorum of 2 of 3 vantage points), each trial in a
 //! fresh environment with synchronous replication and a write canary: kill -9 of eu-west's
-//! agent and immediate stop of its PostgreSQL primary → region declared down → automatic run
+//! agent and of its PostgreSQL primary → region declared down → automatic run
 //! started → eu-central writable → DNS answers converged (database endpoint and GSLB name),
 //! plus acknowledged writes lost. Prints figures, asserts nothing.
 
@@ -41,9 +41,7 @@ async fn main() -> Result<()> {
     for i in 0..trials {
         let opt = EnvOptions { witness: true, default_health: true, ..Default::default() };
         let mut env = Env::start_with(220 + i, opt).await?;
-        env.pg.exec_primary("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
-        env.pg.exec_primary("ALTER SYSTEM SET synchronous_commit = 'on'").await?;
-        env.pg.exec_primary("SELECT pg_reload_conf()").await?;
+        env.synchronous_replication().await?;
         env.apply_playbook("failover", &env.failover_playbook("    automatic: { enabled: true, cooldown: 10m }\n"))
             .await?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,7 +51,7 @@ async fn main() -> Result<()> {
 
         let t0 = Instant::now();
         env.agents[0].kill().await?;
-        env.pg.stop_primary_immediate().await?;
+        env.pg.kill9_primary().await?;
 
         let c = &env.cluster;
         let t_down = until(t0, || async {
@@ -98,7 +96,7 @@ async fn main() -> Result<()> {
         dns.push(t_dns);
         done.push(t_done);
     }
-    println!("--- {trials} trials, from the fault (kill -9 of agent + immediate stop of the primary):");
+    println!("--- {trials} trials, from the fault (kill -9 of agent and primary):");
     stats("region declared down", &mut down);
     stats("automatic run started", &mut started);
     stats("new primary writable", &mut writable);
