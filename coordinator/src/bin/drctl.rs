@@ -893,6 +893,11 @@ fn print_run(cli: &Cli, i: &pb::RunInfo) {
             format!("unknown ({})", l["evidence"].as_str().unwrap_or_default())
         };
         println!("data loss: {text}");
+        let replayed =
+            run["outputs"].as_object().into_iter().flatten().find_map(|(_, o)| o["last_replay_unix_ms"].as_i64());
+        if let Some(ms) = replayed {
+            println!("last transaction replayed on the new primary: committed at {}", fmt_time(ms));
+        }
     }
     if let Some(f) = run["fencing"].as_object() {
         println!("fencing: {} ({})", f["how"].as_str().unwrap_or_default(), f["detail"].as_str().unwrap_or_default());
