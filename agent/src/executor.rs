@@ -3,11 +3,16 @@
 //! A command whose fencing token is older than the newest seen comes from a deposed leader and
 //! is refused. A command for an attempt already executed gets the recorded result again (a new
 //! leader re-sends what it found in flight); one still running is not started twice.
+//!
+//! A newer command of the same run supersedes an attempt still running (the coordinator gave
+//! up on it: timed out, retried, rolled back): it is cancelled before the new one starts, and its
+//! result is dropped. Otherwise a slow attempt's effect could land after newer work, e.g. a
+//! traffic phase after the rollback that undid it (found by the deterministic simulation).
 
 use crate::config::AgentConfig;
 use crate::steps::{self, StepContext};
 use drcut_proto::v1::{StepCommand, StepResult};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,12 +20,16 @@ use tokio::sync::mpsc;
 
 type Key = (String, u32, i32, bool, u32);
 
+/// The step index of a returning region's fence (coordinator `engine::REJOIN_STEP`): outside
+/// any run's sequence, so it neither supersedes nor is superseded.
+const REJOIN_STEP: u32 = u32::MAX;
+
 /// Executes step commands and queues their results for the session.
 pub struct Executor {
     cfg: Arc<AgentConfig>,
     max_token: AtomicU64,
     done: Mutex<HashMap<Key, StepResult>>,
-    running: Mutex<HashSet<Key>>,
+    running: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
     out: mpsc::UnboundedSender<StepResult>,
 }
 
@@ -50,7 +59,7 @@ impl Executor {
             cfg,
             max_token: AtomicU64::new(0),
             done: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             out,
         };
         (Arc::new(e), rx)
@@ -71,11 +80,24 @@ impl Executor {
             let _ = self.out.send(StepResult { fencing_token: cmd.fencing_token, ..r.clone() });
             return;
         }
-        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone()) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.contains_key(&k) {
             return;
         }
+        if cmd.step_index != REJOIN_STEP {
+            let older: Vec<Key> =
+                running.keys().filter(|o| o.0 == cmd.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
+            for o in older {
+                if let Some(h) = running.remove(&o) {
+                    h.abort();
+                    tracing::warn!(run_id = %cmd.run_id, step_index = o.1, attempt = o.4, superseded_by = cmd.fencing_token, "running attempt superseded: cancelled");
+                }
+            }
+        }
         let this = self.clone();
-        tokio::spawn(async move {
+        let k2 = k.clone();
+        let task = tokio::spawn(async move {
+            let k = k2;
             tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, action = %cmd.action, attempt = cmd.attempt, fencing_token = cmd.fencing_token, "step start");
             let params: serde_json::Value = serde_json::from_str(&cmd.params_json).unwrap_or(serde_json::Value::Null);
             let ctx = StepContext {
@@ -90,10 +112,14 @@ impl Executor {
             let mut r = result(&cmd, o.ok, o.detail);
             r.measurements = o.measurements.into_iter().collect();
             r.data_json = if o.data.is_null() { String::new() } else { o.data.to_string() };
+            // Superseded while finishing: the coordinator no longer waits for this result.
+            if this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&k).is_none() {
+                return;
+            }
             this.done.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), r.clone());
-            this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
             let _ = this.out.send(r);
         });
+        running.insert(k, task.abort_handle());
     }
 }
 
@@ -135,5 +161,27 @@ mod tests {
         ex.handle(cmd(11, 1));
         let again = rx.recv().await.unwrap();
         assert_eq!((again.detail.clone(), again.fencing_token), (first.detail.clone(), 11));
+    }
+
+    #[tokio::test]
+    async fn a_newer_attempt_of_the_run_cancels_a_running_one_and_drops_its_result() {
+        let cfg = crate::config::parse(
+            "a.yaml",
+            "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nchecks: []\n",
+        )
+        .expect("config");
+        let (ex, mut rx) = Executor::new(Arc::new(cfg));
+        let mut slow = cmd(10, 1);
+        slow.action = "hook".into();
+        slow.params_json = r#"{"exec": ["/bin/sleep", "1"]}"#.into();
+        slow.timeout_ms = 5000;
+        ex.handle(slow);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ex.handle(cmd(11, 2));
+        let r = rx.recv().await.unwrap();
+        assert_eq!(r.attempt, 2, "{r:?}");
+        // The superseded attempt never reports, even after it would have finished.
+        let late = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+        assert!(late.is_err(), "a superseded attempt reported: {late:?}");
     }
 }

@@ -667,8 +667,11 @@ impl Run {
         let mut act = if work.compensation { s.compensate.clone()? } else { s.act.clone() };
         if work.compensation {
             if s.act.action == "shift_traffic" && act.action == "shift_traffic" {
-                // Shifting back = the same driver at 0 %.
-                with_percent(&mut act.with, 0);
+                // Shifting back puts all traffic on the forward step's `from`: 0 % on `to` when
+                // the compensation names the pair in the same order, 100 % when it swaps them
+                // (from the target back to the source, as people write it).
+                let swapped = act.with.get("to").is_some() && act.with.get("to") == s.act.with.get("from");
+                with_percent(&mut act.with, if swapped { 100 } else { 0 });
             }
         } else if let Some(p) = work.phase {
             with_percent(&mut act.with, *s.phases.get(p)?);
@@ -1059,5 +1062,21 @@ mod tests {
         let r = Run::new("r1", "wallet", plan(2), "alice");
         let back: Run = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn shifting_back_puts_all_traffic_on_the_source_whichever_way_the_compensation_names_it() {
+        let forward = json!({"from": ["192.0.2.10"], "to": ["198.51.100.10"]});
+        for (comp, want) in [
+            (json!({"from": ["192.0.2.10"], "to": ["198.51.100.10"]}), 0),
+            (json!({"from": ["198.51.100.10"], "to": ["192.0.2.10"]}), 100),
+        ] {
+            let mut p = plan(0);
+            p.steps[3].act.with = forward.clone();
+            p.steps[3].compensate.as_mut().unwrap().with = comp;
+            let r = Run::new("r1", "wallet", p, "alice");
+            let w = Work { step: 3, phase: None, compensation: true, attempt: 1 };
+            assert_eq!(r.action_for(&w).unwrap().with["percent"], json!(want));
+        }
     }
 }
