@@ -32,16 +32,15 @@ pub struct Engine {
     leader_since: std::sync::atomic::AtomicI64,
     /// Rejoin fences sent by this leader: (service, region) → (attempt, sent at).
     rejoin: Mutex<BTreeMap<(String, String), (u32, i64)>>,
-    /// When the automatic policy last ran.
-    policy_at: std::sync::atomic::AtomicI64,
+    /// Automatic policies of stored playbooks by content hash (None: none or off).
+    pub automatic_cache:
+        Mutex<BTreeMap<String, Option<(crate::playbook::ResolvedPlaybook, crate::playbook::Automatic)>>>,
 }
 
 /// The step index of a rejoin fence (no step of any plan: the agent records it apart).
 pub const REJOIN_STEP: u32 = u32::MAX;
 /// A rejoin fence without an answer is sent again after this long.
 const REJOIN_RESEND_MS: i64 = 3000;
-/// How often the automatic failover policy looks at the replicated health.
-const POLICY_EVERY_MS: i64 = 200;
 
 impl Engine {
     /// A session opened on this (leading) node.
@@ -347,9 +346,7 @@ pub async fn run(app: AppRef) {
         tick(&app, term).await;
         let now = now_ms();
         rejoin_fences(&app, term, now);
-        if now - app.engine.policy_at.load(Ordering::Relaxed) >= POLICY_EVERY_MS {
-            app.engine.policy_at.store(now, Ordering::Relaxed);
-            crate::failover::automatic_tick(&app, now).await;
-        }
+        // On every wake: a region declared down is acted on as soon as it is applied.
+        crate::failover::automatic_tick(&app, now).await;
     }
 }

@@ -244,10 +244,16 @@ fn automatic_playbooks(app: &AppRef) -> Vec<(StoredPlaybook, ResolvedPlaybook, A
     latest
         .into_values()
         .filter_map(|stored| {
-            let pb = crate::playbook::Playbook::parse(&stored.name, &stored.text).ok()?;
-            let resolved = pb.resolve(&BTreeMap::new()).ok()?;
-            let auto = resolved.failover.as_ref()?.automatic?;
-            auto.enabled.then_some((stored, resolved, auto))
+            // Parsed once per version: the policy runs on every wake of the engine.
+            let mut cache = app.engine.automatic_cache.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = cache.entry(stored.hash.clone()).or_insert_with(|| {
+                let pb = crate::playbook::Playbook::parse(&stored.name, &stored.text).ok()?;
+                let resolved = pb.resolve(&BTreeMap::new()).ok()?;
+                let auto = resolved.failover.as_ref()?.automatic?;
+                auto.enabled.then_some((resolved, auto))
+            });
+            let (resolved, auto) = entry.clone()?;
+            Some((stored, resolved, auto))
         })
         .collect()
 }
