@@ -2,7 +2,7 @@
 //! follows the leader named in an `Unavailable` answer, and keeps one request id across
 //! retries so a retried write applies once.
 
-use crate::network::endpoint;
+use crate::network::{Dialer, endpoint};
 use drcut_proto::v1::control_client::ControlClient;
 use drcut_proto::v1::{ClusterStatus, GetStatusRequest};
 use std::future::Future;
@@ -15,8 +15,13 @@ const CONNECT: Duration = Duration::from_millis(800);
 
 /// Asks one node for its status, giving up after `timeout` (None when it does not answer).
 pub async fn probe_status(addr: &str, timeout: Duration) -> Option<ClusterStatus> {
+    probe_status_via(&Dialer::tcp(), addr, timeout).await
+}
+
+/// [`probe_status`] through a given dialer.
+pub async fn probe_status_via(dialer: &Dialer, addr: &str, timeout: Duration) -> Option<ClusterStatus> {
     let fut = async {
-        let ch = endpoint(addr).ok()?.connect().await.ok()?;
+        let ch = dialer.connect(addr).await.ok()?;
         ControlClient::new(ch).get_status(GetStatusRequest::default()).await.ok().map(|r| r.into_inner())
     };
     tokio::time::timeout(timeout, fut).await.ok().flatten()

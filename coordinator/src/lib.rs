@@ -14,9 +14,12 @@
 //!   leader, fed by agent sessions.
 //! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services; [`http`]: `/metrics`.
 //! - [`client`]: the client side used by `drctl` (endpoint failover, leader following).
+//! - [`clock`] and [`rt`]: wall-clock time and openraft's runtime, both replaceable so the
+//!   deterministic simulation (`tests/sim`) can drive them.
 
 pub mod audit;
 pub mod client;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod engine;
@@ -28,6 +31,7 @@ pub mod hub;
 pub mod network;
 pub mod node;
 pub mod playbook;
+pub mod rt;
 pub mod run;
 pub mod state;
 pub mod store;

@@ -12,9 +12,12 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Snapshot chunk size: far below gRPC's 4 MiB default message limit.
 const SNAPSHOT_CHUNK: usize = 512 * 1024;
@@ -37,18 +40,94 @@ pub struct SnapshotHeader {
     pub meta: crate::types::SnapshotMeta,
 }
 
+/// A byte stream a [`Dialer`] opens.
+pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
+
+/// What a custom dial returns.
+pub type DialFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Conn>>> + Send>>;
+
+/// How a node opens connections to `host:port`: TCP (the default), or a function the embedder
+/// supplies (the deterministic simulation dials through its simulated network).
+#[derive(Clone, Default)]
+pub struct Dialer {
+    custom: Option<Arc<dyn Fn(String) -> DialFuture + Send + Sync>>,
+}
+
+impl Dialer {
+    /// Plain TCP, as tonic does it.
+    pub fn tcp() -> Self {
+        Dialer::default()
+    }
+
+    /// Dials with `f` (given `host:port`).
+    pub fn custom(f: impl Fn(String) -> DialFuture + Send + Sync + 'static) -> Self {
+        Dialer { custom: Some(Arc::new(f)) }
+    }
+
+    /// A channel to `addr` that connects on first use.
+    pub fn lazy(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let ep = endpoint(addr)?;
+        Ok(match &self.custom {
+            Some(f) => ep.connect_with_connector_lazy(DialService(f.clone())),
+            None => ep.connect_lazy(),
+        })
+    }
+
+    /// A channel to `addr`, connected now.
+    pub async fn connect(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let ep = endpoint(addr)?;
+        match &self.custom {
+            Some(f) => ep.connect_with_connector(DialService(f.clone())).await,
+            None => ep.connect().await,
+        }
+    }
+}
+
+/// Adapts a custom dial function to the connector tonic expects.
+#[derive(Clone)]
+struct DialService(Arc<dyn Fn(String) -> DialFuture + Send + Sync>);
+
+impl tower_service::Service<Uri> for DialService {
+    type Response = hyper_util::rt::TokioIo<Box<dyn Conn>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri.host().unwrap_or_default();
+        let addr = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let fut = (self.0)(addr);
+        Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(fut.await?)) })
+    }
+}
+
 /// Builds channels to peers and caches one per address.
 #[derive(Clone, Default)]
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Dial these nodes at another address (a fault proxy in tests, a NAT in production).
     overrides: Arc<HashMap<NodeId, String>>,
+    dialer: Dialer,
 }
 
 impl ChannelPool {
     /// A pool that dials node `id` at `overrides[id]` instead of its advertised address.
     pub fn new(overrides: HashMap<NodeId, String>) -> Self {
-        ChannelPool { channels: Arc::default(), overrides: Arc::new(overrides) }
+        Self::with_dialer(overrides, Dialer::tcp())
+    }
+
+    /// A pool whose channels connect through `dialer`.
+    pub fn with_dialer(overrides: HashMap<NodeId, String>, dialer: Dialer) -> Self {
+        ChannelPool { channels: Arc::default(), overrides: Arc::new(overrides), dialer }
+    }
+
+    /// How this pool opens connections.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The address to dial for a node.
@@ -62,7 +141,7 @@ impl ChannelPool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = endpoint(addr)?.connect_lazy();
+        let ch = self.dialer.lazy(addr)?;
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -6,8 +6,8 @@ use crate::config::{Config, ConfigError};
 use crate::grpc;
 use crate::health::Thresholds;
 use crate::hub::HealthHub;
-use crate::network::{ChannelPool, Network};
-use crate::store::{LogStore, StateMachineStore, StateView};
+use crate::network::{ChannelPool, Dialer, Network};
+use crate::store::{LogStore, StateMachineStore, StateView, Storage};
 use crate::types::{Node, NodeId, Raft, TypeConfig};
 use drcut_proto::v1::RaftMessage;
 use drcut_proto::v1::raft_transport_client::RaftTransportClient;
@@ -18,8 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, Status};
 
 /// Name of the file that binds a data dir to one node of one cluster.
@@ -88,9 +90,10 @@ fn init_data_dir(cfg: &Config) -> std::io::Result<()> {
     std::fs::rename(&tmp, cfg.data_dir.join(IDENTITY_FILE))
 }
 
-/// Current wall-clock time in Unix milliseconds (stamped on requests by the leader).
+/// Current wall-clock time in Unix milliseconds (stamped on requests by the leader); see
+/// [`crate::clock`].
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// A request only the leader can execute; followers forward it.
@@ -398,18 +401,56 @@ pub struct MembershipView {
     pub nodes: BTreeMap<NodeId, String>,
 }
 
+/// How a node reaches the outside world. The defaults are production's: TCP to peers and redb
+/// files in the data dir. The deterministic simulation (`tests/sim`) replaces both, and serves
+/// on its own stream of connections ([`run_with`]).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// How the node dials peers (Raft, forwarding, bootstrap probes).
+    pub dialer: Dialer,
+    /// Where the Raft log and state live.
+    pub storage: Storage,
+}
+
 /// Starts a node on an already-bound listener and runs it until `shutdown` resolves.
 ///
 /// Errors before the listener serves are config or data-dir problems (exit code 2 in main);
 /// nothing is written to the data dir until every check has passed.
 pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    let fresh = check_data_dir(&cfg)?;
-    if fresh {
-        init_data_dir(&cfg)
-            .map_err(|e| cfg.error("data_dir", format!("{}: cannot create: {e}", cfg.data_dir.display())))?;
-    }
-    let log = open_store(&cfg, "raft-log.redb", LogStore::open)?;
-    let sm = open_store(&cfg, "state.redb", StateMachineStore::open)?;
+    run_with(cfg, Hooks::default(), TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+}
+
+/// [`run`] with the node's I/O replaced by `hooks`, serving the connections `incoming` yields.
+pub async fn run_with<I, IO, IE>(
+    cfg: Config,
+    hooks: Hooks,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError>
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let on_files = matches!(hooks.storage, Storage::Files);
+    let (fresh, log, sm) = match &hooks.storage {
+        Storage::Files => {
+            let fresh = check_data_dir(&cfg)?;
+            if fresh {
+                init_data_dir(&cfg)
+                    .map_err(|e| cfg.error("data_dir", format!("{}: cannot create: {e}", cfg.data_dir.display())))?;
+            }
+            let log = open_store(&cfg, "raft-log.redb", LogStore::open)?;
+            let sm = open_store(&cfg, "state.redb", StateMachineStore::open)?;
+            (fresh, log, sm)
+        }
+        Storage::InMemory(disk) => {
+            let log = LogStore::on_memory(disk.log.clone()).map_err(|e| NodeError::Io(format!("log store: {e}")))?;
+            let sm = StateMachineStore::on_memory(disk.state.clone())
+                .map_err(|e| NodeError::Io(format!("state store: {e}")))?;
+            (false, log, sm)
+        }
+    };
     let log_fresh = log.is_fresh().map_err(|e| NodeError::Io(e.to_string()))?;
 
     let rc = openraft::Config {
@@ -424,7 +465,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().map_err(|e| cfg.error("raft", e.to_string()))?);
-    let pool = ChannelPool::new(cfg.peer_dial_overrides.clone().into_iter().collect());
+    let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), hooks.dialer.clone());
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await
         .map_err(|e| NodeError::Io(format!("raft start: {e}")))?;
@@ -440,7 +481,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grpc::serve(app.clone(), listener, async {
+    let server = tokio::spawn(grpc::serve_incoming(app.clone(), incoming, async {
         let _ = stop_rx.await;
     }));
 
@@ -456,7 +497,9 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl Future<Outpu
         tokio::spawn(crate::http::serve(app.clone(), l));
     }
 
-    println!("drcut-coordinator: node {} serving on {}", cfg.node_id, cfg.advertise);
+    if on_files {
+        println!("drcut-coordinator: node {} serving on {}", cfg.node_id, cfg.advertise);
+    }
     tracing::info!(node = cfg.node_id, addr = %cfg.advertise, fresh, "serving");
 
     shutdown.await;
@@ -491,7 +534,7 @@ fn should_bootstrap(cfg: &Config) -> bool {
 async fn bootstrap(app: &App, cfg: &Config) {
     for m in cfg.initial_members.iter().filter(|m| m.id != cfg.node_id) {
         let addr = app.pool.dial_addr(m.id, &m.addr);
-        if let Some(st) = crate::client::probe_status(&addr, Duration::from_millis(700)).await
+        if let Some(st) = crate::client::probe_status_via(app.pool.dialer(), &addr, Duration::from_millis(700)).await
             && (st.term > 0 || st.leader_id != 0)
         {
             tracing::warn!(peer = m.id, "peer already belongs to an initialised cluster; not bootstrapping");

@@ -10,6 +10,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = openraft::impls::BasicNode,
+        AsyncRuntime = crate::rt::Runtime,
 );
 
 /// A node's id: never reused within a cluster.

@@ -10,16 +10,31 @@ use crate::node::AppRef;
 use drcut_proto::v1::agent_link_server::AgentLinkServer;
 use drcut_proto::v1::control_server::ControlServer;
 use drcut_proto::v1::raft_transport_server::RaftTransportServer;
+use futures::Stream;
 use std::future::Future;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Largest message a node accepts (snapshots travel in smaller chunks).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Serves every service on `listener` until `shutdown` resolves.
 pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    // The builder's tcp_nodelay only applies to listeners it binds itself; without nodelay on
+    // accepted sockets, Nagle plus delayed ACKs add ~40 ms to a third of all replies.
+    serve_incoming(app, TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+}
+
+/// Serves every service on the connections `incoming` yields (a TCP listener in production, a
+/// simulated network in `tests/sim`) until `shutdown` resolves.
+pub async fn serve_incoming<I, IO, IE>(app: AppRef, incoming: I, shutdown: impl Future<Output = ()>)
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<control::ControlService>>().await;
     health.set_serving::<AgentLinkServer<agent_link::AgentLinkService>>().await;
@@ -41,9 +56,7 @@ pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Out
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        // The builder's tcp_nodelay only applies to listeners it binds itself; without nodelay on
-        // accepted sockets, Nagle plus delayed ACKs add ~40 ms to a third of all replies.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if let Err(e) = res {
         tracing::error!("gRPC server stopped: {e}");

@@ -232,6 +232,6 @@ pub async fn preflight(
 
 /// A new run id: time-ordered and readable.
 pub fn new_run_id(service: &str) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::Duration::from_millis(crate::clock::now_ms().max(0) as u64);
     format!("{service}-{}-{:04x}", now.as_secs(), (now.subsec_nanos() >> 8) & 0xffff)
 }

@@ -1,6 +1,6 @@
 //! The Raft log and vote on redb.
 
-use super::{blocking, io_err};
+use super::{IoMode, blocking, io_err};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -22,17 +22,27 @@ const PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    io: IoMode,
 }
 
 impl LogStore {
     /// Opens (or creates) the log file.
     pub fn open(path: &Path) -> io::Result<Self> {
         let db = Database::create(path).map_err(io_err)?;
+        Self::init(Arc::new(db), IoMode::Blocking)
+    }
+
+    /// A store over a database the caller keeps (in memory: I/O runs inline).
+    pub fn on_memory(db: Arc<Database>) -> io::Result<Self> {
+        Self::init(db, IoMode::Inline)
+    }
+
+    fn init(db: Arc<Database>, io: IoMode) -> io::Result<Self> {
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore { db, io })
     }
 
     /// True when no vote and no entry were ever stored: a node that never took part in a
@@ -61,7 +71,7 @@ impl LogStore {
     ) -> io::Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io_err)?;
         let db = self.db.clone();
-        blocking(move || {
+        blocking(self.io, move || {
             let mut txn = db.begin_write().map_err(io_err)?;
             txn.set_durability(durability).map_err(io_err)?;
             txn.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
@@ -82,7 +92,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, io::Error> {
         let bounds = to_bounds(&range);
         let db = self.db.clone();
-        blocking(move || {
+        blocking(self.io, move || {
             let txn = db.begin_read().map_err(io_err)?;
             let log = txn.open_table(LOG).map_err(io_err)?;
             let mut out = Vec::new();
@@ -149,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         // Written and fsynced before returning: entries are readable on return and durable when
         // the callback reports it.
-        let res = blocking(move || {
+        let res = blocking(self.io, move || {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut log = txn.open_table(LOG).map_err(io_err)?;
@@ -175,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let db = self.db.clone();
-        blocking(move || {
+        blocking(self.io, move || {
             let txn = db.begin_write().map_err(io_err)?;
             txn.open_table(LOG).map_err(io_err)?.retain_in(from.., |_, _| false).map_err(io_err)?;
             txn.commit().map_err(io_err)
@@ -187,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index();
         let marker = serde_json::to_vec(&log_id).map_err(io_err)?;
         let db = self.db.clone();
-        blocking(move || {
+        blocking(self.io, move || {
             let mut txn = db.begin_write().map_err(io_err)?;
             // Marker and removal commit together, so they can never disagree; losing an
             // un-synced purge only brings back entries that are still valid.

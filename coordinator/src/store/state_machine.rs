@@ -7,7 +7,7 @@
 //! Building a snapshot and shutting down fsync, so the state is durable at least up to the
 //! newest snapshot, which is all the log purge relies on.
 
-use super::{blocking, io_err};
+use super::{IoMode, blocking, io_err};
 use crate::audit::AuditEntry;
 use crate::command::{
     AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, ServiceState, StoredPlaybook,
@@ -55,7 +55,8 @@ struct Applied {
 }
 
 struct Shared {
-    db: Database,
+    db: Arc<Database>,
+    io: IoMode,
     mem: RwLock<Applied>,
     /// The last applied index, for watchers (WatchHealth) to wake on.
     applied_tx: tokio::sync::watch::Sender<u64>,
@@ -113,6 +114,15 @@ impl StateMachineStore {
     /// Opens (or creates) the state file and loads the applied state into memory.
     pub fn open(path: &Path) -> io::Result<Self> {
         let db = Database::create(path).map_err(io_err)?;
+        Self::init(Arc::new(db), IoMode::Blocking)
+    }
+
+    /// A store over a database the caller keeps (in memory: I/O runs inline).
+    pub fn on_memory(db: Arc<Database>) -> io::Result<Self> {
+        Self::init(db, IoMode::Inline)
+    }
+
+    fn init(db: Arc<Database>, io: IoMode) -> io::Result<Self> {
         let txn = db.begin_write().map_err(io_err)?;
         for t in KV_TABLES {
             txn.open_table(t).map_err(io_err)?;
@@ -122,7 +132,7 @@ impl StateMachineStore {
         let mem = load(&db.begin_read().map_err(io_err)?)?;
         let applied = mem.last_applied.map(|l| l.index()).unwrap_or(0);
         let (applied_tx, _) = tokio::sync::watch::channel(applied);
-        Ok(StateMachineStore { shared: Arc::new(Shared { db, mem: RwLock::new(mem), applied_tx }) })
+        Ok(StateMachineStore { shared: Arc::new(Shared { db, io, mem: RwLock::new(mem), applied_tx }) })
     }
 
     /// A read handle for the API layer.
@@ -133,7 +143,7 @@ impl StateMachineStore {
     /// Forces every applied change to disk (called on graceful shutdown).
     pub async fn flush(&self) -> io::Result<()> {
         let sh = self.shared.clone();
-        blocking(move || {
+        blocking(sh.io, move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
             txn.commit().map_err(io_err)
         })
@@ -281,7 +291,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let sh = self.shared.clone();
-        blocking(move || {
+        blocking(sh.io, move || {
             // One read transaction sees one committed apply batch: rows and applied id agree.
             let txn = sh.db.begin_read().map_err(io_err)?;
             let mem = load(&txn)?;
@@ -371,7 +381,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             (mem.state.core.clone(), mem.last_applied, mem.membership.clone())
         };
         let sh = self.shared.clone();
-        blocking(move || {
+        blocking(sh.io, move || {
             let mut txn = sh.db.begin_write().map_err(io_err)?;
             txn.set_durability(Durability::None).map_err(io_err)?;
             persist(&txn, &changes, &core, &applied, &membership)?;
@@ -394,7 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let body: SnapshotBody = serde_json::from_slice(unseal(&snapshot)?).map_err(io_err)?;
         let meta = meta.clone();
         let sh = self.shared.clone();
-        let mem = blocking(move || {
+        let mem = blocking(sh.io, move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
             for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES] {
                 txn.delete_table(t).map_err(io_err)?;
@@ -441,8 +451,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let this = self.clone();
-        blocking(move || this.read_snapshot()).await
+        blocking(this.shared.io, move || this.read_snapshot()).await
     }
+}
+
+/// Everything a state database holds, read directly (the simulation's invariant checks read
+/// every node's database between steps, without a running node).
+pub struct Contents {
+    /// The applied state.
+    pub state: State,
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The whole audit chain, in order.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Reads a state database in one read transaction.
+pub fn read_contents(db: &Database) -> io::Result<Contents> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let mem = load(&txn)?;
+    let mut audit = Vec::new();
+    for item in txn.open_table(AUDIT).map_err(io_err)?.iter().map_err(io_err)? {
+        let (_, v) = item.map_err(io_err)?;
+        audit.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+    }
+    Ok(Contents { state: mem.state, last_applied: mem.last_applied, audit })
 }
 
 // === impl StateView ===
@@ -514,7 +547,7 @@ impl StateView {
     /// Up to `limit` audit entries starting at sequence `from`.
     pub async fn audit(&self, from: u64, limit: usize) -> io::Result<Vec<AuditEntry>> {
         let sh = self.shared.clone();
-        blocking(move || {
+        blocking(sh.io, move || {
             let txn = sh.db.begin_read().map_err(io_err)?;
             let t = txn.open_table(AUDIT).map_err(io_err)?;
             let mut out = Vec::new();
