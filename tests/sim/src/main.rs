@@ -41,29 +41,35 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut failed = Vec::new();
-    for seed in from..from + count {
-        let opts = drcut_sim::Options { seed, chaos_secs: a.chaos_secs, settle_secs: a.settle_secs, verbose: a.trace };
-        let o = drcut_sim::run(&opts);
-        if o.violations.is_empty() {
-            if a.seed.is_some() || (seed - from + 1).is_multiple_of(50) {
-                println!(
-                    "seed {seed} ok ({} steps, runs {:?}, trace {}) [{} seeds in {:.1}s]",
-                    o.steps,
-                    o.runs,
-                    &o.trace_hash[..16],
-                    seed - from + 1,
-                    started.elapsed().as_secs_f64()
-                );
-            }
+    let opts = |seed| drcut_sim::Options { seed, chaos_secs: a.chaos_secs, settle_secs: a.settle_secs, verbose: a.trace };
+    let mut done = 0;
+    while done < count {
+        // Chunks keep progress visible and stop soon after a failure.
+        let chunk = (count - done).min(if a.seed.is_some() { 1 } else { 50 });
+        let outcomes = if a.seed.is_some() {
+            vec![drcut_sim::run(&opts(from + done))]
         } else {
-            eprintln!("{}", drcut_sim::report(&o));
-            failed.push(seed);
-            if !a.keep_going {
-                break;
+            drcut_sim::run_many(from + done, chunk, opts)
+        };
+        done += chunk;
+        for o in &outcomes {
+            if o.violations.is_empty() {
+                if a.seed.is_some() {
+                    println!("seed {} ok ({} steps, runs {:?}, trace {})", o.seed, o.steps, o.runs, o.trace_hash);
+                }
+            } else {
+                eprintln!("{}", drcut_sim::report(o));
+                failed.push(o.seed);
             }
+        }
+        if a.seed.is_none() {
+            println!("{done}/{count} seeds, {} failed, {:.1}s", failed.len(), started.elapsed().as_secs_f64());
+        }
+        if !failed.is_empty() && !a.keep_going {
+            break;
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{} seed(s) failed {failed:?}; {:.2} seeds/s", failed.len(), count as f64 / secs.max(1e-9));
+    println!("{} seed(s) failed {failed:?}; {:.2} seeds/s", failed.len(), done as f64 / secs.max(1e-9));
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

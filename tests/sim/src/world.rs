@@ -146,9 +146,11 @@ impl World {
         }
     }
 
-    /// Appends to the trace.
+    /// Appends to the trace, stamped with simulated ms since the start (absolute Unix times
+    /// are converted).
     pub fn log(&mut self, now_ms: i64, what: impl AsRef<str>) {
-        self.trace.push(format!("{now_ms} {}", what.as_ref()));
+        let t = if now_ms >= crate::scenario::EPOCH_MS { now_ms - crate::scenario::EPOCH_MS } else { now_ms };
+        self.trace.push(format!("{t:>6} {}", what.as_ref()));
     }
 
     /// Records a broken invariant.
@@ -263,6 +265,16 @@ impl World {
                 self.traffic.insert(from.to_string(), 100 - p as u32);
                 if !c.compensation {
                     self.shift_targets.insert(c.run_id.clone(), to.to_string());
+                } else if let Some(target) = self.shift_targets.get(&c.run_id).cloned()
+                    && self.traffic.get(&target).copied().unwrap_or(0) != 0
+                {
+                    // Undoing a shift means users leave the region the run moved them to.
+                    let detail = format!(
+                        "run {}: the shift's compensation left {} % on {target}, the region the shift moved users to \
+                         (it sent {p} % to {to})",
+                        c.run_id, self.traffic[&target]
+                    );
+                    self.violate("rollback_restores_traffic", detail);
                 }
                 (true, format!("{p} % to {to}"))
             }
