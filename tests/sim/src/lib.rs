@@ -27,7 +27,7 @@ pub fn replay_command(seed: u64) -> String {
 
 /// A failing seed, for humans: the invariant, the last events, and how to replay it.
 pub fn report(o: &Outcome) -> String {
-    let mut s = format!("seed {} FAILED after {} steps\n", o.seed, o.steps);
+    let mut s = format!("seed {} FAILED after {} steps (trace {})\n", o.seed, o.steps, &o.trace_hash[..16]);
     for v in &o.violations {
         s.push_str(&format!("  invariant {}: {}\n", v.invariant, v.detail));
     }
@@ -39,19 +39,3 @@ pub fn report(o: &Outcome) -> String {
     s
 }
 
-/// Runs seeds `from..from + n`, spread over the available cores (each seed runs on one thread
-/// from start to end, so parallelism does not touch determinism). Outcomes come back by seed.
-pub fn run_many(from: u64, n: u64, opts: impl Fn(u64) -> Options + Sync) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(n.max(1) as usize) as u64;
-    let mut out: Vec<Outcome> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let opts = &opts;
-                s.spawn(move || (from + t..from + n).step_by(threads as usize).map(|seed| run(&opts(seed))).collect::<Vec<_>>())
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a simulation thread panicked")).collect()
-    });
-    out.sort_by_key(|o| o.seed);
-    out
-}

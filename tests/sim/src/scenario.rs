@@ -18,6 +18,8 @@ pub const EPOCH_MS: i64 = 1_767_225_600_000;
 /// Coordinator nodes.
 pub const NODES: [u64; 3] = [1, 2, 3];
 const PORT: u16 = 7000;
+/// Simulated time per step: fine enough for 1-40 ms message latencies and 100 ms heartbeats.
+const TICK_MS: u64 = 2;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -127,7 +129,7 @@ pub fn run(opts: &Options) -> Outcome {
     let max_latency = rng.range(2, 40);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_millis(total_ms + 10_000))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(Duration::from_millis(TICK_MS))
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(max_latency))
@@ -220,8 +222,13 @@ pub fn run(opts: &Options) -> Outcome {
         h.update(b"\n");
     }
     let tail = w.trace.iter().rev().take(40).rev().cloned().collect();
+    let trace_hash = hex::encode(h.finalize());
+    if let Ok(dir) = std::env::var("DRCUT_SIM_DUMP") {
+        // The whole trace, for comparing two runs of one seed line by line.
+        let _ = std::fs::write(format!("{dir}/seed-{seed}-{}.trace", &trace_hash[..16]), w.trace.join("\n"));
+    }
     drcut_coordinator::rt::unseed_thread_rng();
-    Outcome { seed, violations, trace_hash: hex::encode(h.finalize()), tail, steps, runs }
+    Outcome { seed, violations, trace_hash, tail, steps, runs }
 }
 
 fn final_runs(disks: &BTreeMap<u64, MemoryDisk>) -> BTreeMap<String, usize> {

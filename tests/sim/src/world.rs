@@ -201,7 +201,11 @@ impl World {
         } else {
             self.apply(region, c)
         };
-        if ok && c.fencing_token < newest {
+        let mutating = matches!(
+            c.action.as_str(),
+            "freeze_writes" | "unfreeze_writes" | "fence" | "promote_db" | "repoint_clients" | "shift_traffic"
+        );
+        if ok && mutating && c.fencing_token < newest {
             self.violate(
                 "stale_token_no_effect",
                 format!(
