@@ -17,8 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 /// The world, shared by every host of one simulation (all run on one thread).
 pub type Shared = Arc<Mutex<World>>;
 
-/// How often checks report and heartbeats go out.
-const REPORT_EVERY: Duration = Duration::from_millis(200);
+/// How often checks report and heartbeats go out (each heartbeat costs the leader a quorum
+/// round, so this is the main cost of a simulated second).
+const REPORT_EVERY: Duration = Duration::from_millis(300);
 /// A session without a heartbeat ack for this long is dead (the coordinator is cut off).
 const ACK_TIMEOUT_MS: i64 = 1500;
 
@@ -99,7 +100,7 @@ async fn session(region: &str, world: &Shared, addr: &str) -> Result<Option<Stri
     tx.send(hello(region)).await?;
     let mut inbound =
         tokio::time::timeout(Duration::from_secs(2), client.session(ReceiverStream::new(rx))).await??.into_inner();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_ack = now_ms();
     let mut last_report = 0i64;
     let mut seq = 0u64;

@@ -19,7 +19,7 @@ pub const EPOCH_MS: i64 = 1_767_225_600_000;
 pub const NODES: [u64; 3] = [1, 2, 3];
 const PORT: u16 = 7000;
 /// Simulated time per step: fine enough for 1-40 ms message latencies and 100 ms heartbeats.
-const TICK_MS: u64 = 2;
+const TICK_MS: u64 = 5;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct Options {
 impl Options {
     /// The defaults CI uses for `seed`.
     pub fn new(seed: u64) -> Self {
-        Options { seed, chaos_secs: 20, settle_secs: 12, verbose: false }
+        Options { seed, chaos_secs: 10, settle_secs: 6, verbose: false }
     }
 }
 
@@ -213,6 +213,13 @@ pub fn run(opts: &Options) -> Outcome {
     }
     let runs = final_runs(&disks);
     let mut w = lock(&world);
+    // The replicated end state belongs to the trace too: two runs of a seed must agree on it.
+    for (id, d) in &disks {
+        if let Ok(c) = drcut_coordinator::store::read_contents(&d.state) {
+            let applied = c.last_applied.map(|l| l.index()).unwrap_or(0);
+            w.trace.push(format!("end n{id}: applied {applied}, audit {} head {}", c.audit.len(), c.state.core.audit_head));
+        }
+    }
     for v in &violations {
         w.trace.push(format!("VIOLATION {}: {}", v.invariant, v.detail));
     }

@@ -52,7 +52,7 @@ pub struct Execution {
     pub action: String,
     /// Simulated time (Unix ms) when its effect landed.
     pub at_ms: i64,
-    /// Whether it had an effect (false: an injected failure).
+    /// Whether it changed the world (a mutating action that succeeded).
     pub effective: bool,
 }
 
@@ -201,10 +201,7 @@ impl World {
         } else {
             self.apply(region, c)
         };
-        let mutating = matches!(
-            c.action.as_str(),
-            "freeze_writes" | "unfreeze_writes" | "fence" | "promote_db" | "repoint_clients" | "shift_traffic"
-        );
+        let mutating = is_mutating(&c.action);
         if ok && mutating && c.fencing_token < newest {
             self.violate(
                 "stale_token_no_effect",
@@ -216,7 +213,7 @@ impl World {
                 ),
             );
         }
-        self.executions.push(Execution { key: k.clone(), action: c.action.clone(), at_ms: now_ms, effective: !fail && ok });
+        self.executions.push(Execution { key: k.clone(), action: c.action.clone(), at_ms: now_ms, effective: ok && mutating });
         self.log(now_ms, format!("{agent} done {} ok {ok}: {detail} | {}", describe(c), self.summary()));
         let mut r = result(c, ok, detail);
         r.measurements.insert("exec_ms".into(), 1.0);
@@ -309,6 +306,11 @@ impl World {
             self.violate("traffic_never_zero", format!("at {now_ms}: weights {:?} route 0 % anywhere", self.traffic));
         }
     }
+}
+
+/// Actions that change the world (the others only observe it: catch-up, warm-up, smoke).
+pub fn is_mutating(action: &str) -> bool {
+    matches!(action, "freeze_writes" | "unfreeze_writes" | "fence" | "promote_db" | "repoint_clients" | "shift_traffic")
 }
 
 /// What the agent does with a received command.
