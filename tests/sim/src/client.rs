@@ -16,10 +16,15 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// The cutover playbook under test: the shipped example, with approvals off and times short
-/// enough for a simulated run to finish in seconds.
+/// The cutover playbook under test: the shipped example (or the file `DRCUT_SIM_PLAYBOOK`
+/// names, to try a changed playbook), with approvals off and times short enough for a simulated
+/// run to finish in seconds.
 pub fn playbook_text() -> String {
-    include_str!("../../../playbooks/wallet-region-cutover.yaml")
+    let shipped = include_str!("../../../playbooks/wallet-region-cutover.yaml").to_string();
+    std::env::var("DRCUT_SIM_PLAYBOOK")
+        .ok()
+        .map(|p| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("DRCUT_SIM_PLAYBOOK={p}: {e}")))
+        .unwrap_or(shipped)
         .replace("approvals: { required: 1 }", "approvals: { required: 0 }")
         .replace("timeout: 30s, retries: 2, retry_backoff: 500ms", "timeout: 1500ms, retries: 2, retry_backoff: 200ms")
         .replace("timeout: 10s", "timeout: 1s")

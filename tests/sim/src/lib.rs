@@ -36,6 +36,12 @@ pub fn report(o: &Outcome) -> String {
         s.push_str(&format!("    {l}\n"));
     }
     s.push_str(&format!("  replay: {}\n", replay_command(o.seed)));
+    if !cfg!(tokio_unstable) {
+        s.push_str(
+            "  (this build lacks --cfg tokio_unstable: the replay runs the same faults and requests, but \
+             tokio's select! order may differ; seeds found by scripts/sim replay exactly)\n",
+        );
+    }
     s
 }
 

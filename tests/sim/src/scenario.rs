@@ -223,6 +223,11 @@ pub fn run(opts: &Options) -> Outcome {
     for v in &violations {
         w.trace.push(format!("VIOLATION {}: {}", v.invariant, v.detail));
     }
+    if opts.verbose {
+        for line in &w.trace[printed.min(w.trace.len())..] {
+            println!("{line}");
+        }
+    }
     let mut h = Sha256::new();
     for line in &w.trace {
         h.update(line.as_bytes());

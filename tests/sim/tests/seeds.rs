@@ -31,3 +31,14 @@ fn a_seed_replays_exactly() {
         eprintln!("seed {seed}: trace {} ({} steps) twice", a.trace_hash, a.steps);
     }
 }
+
+/// The shipped playbook still has the texts the simulation shortens (a silent miss would leave
+/// approvals on, and no run would ever start).
+#[test]
+fn the_playbook_is_shortened_for_simulation() {
+    let t = drcut_sim::client::playbook_text();
+    assert!(t.contains("approvals: { required: 0 }"), "approvals not turned off");
+    for long in ["30s", "60s", "150s", "2m", "timeout: 10s"] {
+        assert!(!t.contains(long), "{long} left in the simulated playbook");
+    }
+}
