@@ -145,6 +145,18 @@ impl ChannelPool {
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
+
+    /// Replaces the cached channel to `addr` with a new one (a new connection on first use).
+    ///
+    /// A connection whose packets were silently dropped (a partition, a peer that vanished
+    /// without a reset) stays open until HTTP/2 keepalive declares it dead, up to ten seconds;
+    /// every RPC sent on it meanwhile just times out. The simulation measured followers stuck
+    /// that long after a healed partition, so a timed-out RPC starts over on a fresh connection.
+    pub fn renew(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let ch = self.dialer.lazy(addr)?;
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
 }
 
 /// A client endpoint with the timeouts and keepalives every drcut connection uses.
@@ -176,13 +188,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         let addr = self.pool.dial_addr(target, &node.addr);
-        PeerClient { target, channel: self.pool.channel(&addr).map_err(|e| e.to_string()) }
+        let channel = self.pool.channel(&addr).map_err(|e| e.to_string());
+        PeerClient { target, addr, pool: self.pool.clone(), channel }
     }
 }
 
 /// The connection to one peer.
 pub struct PeerClient {
     target: NodeId,
+    addr: String,
+    pool: ChannelPool,
     channel: Result<Channel, String>,
 }
 
@@ -207,7 +222,7 @@ impl PeerClient {
     }
 
     async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
-        &self,
+        &mut self,
         kind: &'static str,
         req: &Req,
         ttl: Duration,
@@ -224,6 +239,8 @@ impl PeerClient {
         let reply = match tokio::time::timeout(ttl, fut).await {
             Ok(r) => r.map_err(|s| status_err(self.target, s))?,
             Err(_) => {
+                // No answer at all: the connection may be wedged; the next call uses a new one.
+                self.channel = self.pool.renew(&self.addr).map_err(|e| e.to_string());
                 return Err(unreachable(format!("node {}: {kind} timed out after {ttl:?}", self.target)));
             }
         };

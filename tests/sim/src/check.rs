@@ -12,8 +12,23 @@ fn v(invariant: &'static str, detail: String) -> Violation {
     Violation { invariant, detail }
 }
 
-/// Checks every node's state and the world's execution log against it.
-pub fn replicated(disks: &BTreeMap<u64, MemoryDisk>, world: &World, end: bool) -> Vec<Violation> {
+/// Each run's revision (log index of its last change), from the most advanced node.
+pub fn revisions(disks: &BTreeMap<u64, MemoryDisk>) -> BTreeMap<String, u64> {
+    disks
+        .values()
+        .filter_map(|d| read_contents(&d.state).ok())
+        .max_by_key(|c| c.last_applied.map(|l| l.index()).unwrap_or(0))
+        .map(|c| c.state.runs.iter().map(|(id, r)| (id.clone(), r.revision)).collect())
+        .unwrap_or_default()
+}
+
+/// Checks every node's state and the world's execution log against it. `healed`: the runs'
+/// revisions when every fault was undone (given at the end, after the calm period).
+pub fn replicated(
+    disks: &BTreeMap<u64, MemoryDisk>,
+    world: &World,
+    healed: Option<&BTreeMap<String, u64>>,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut nodes: Vec<(u64, Contents)> = Vec::new();
     for (id, d) in disks {
@@ -24,7 +39,7 @@ pub fn replicated(disks: &BTreeMap<u64, MemoryDisk>, world: &World, end: bool) -
     }
     for (id, c) in &nodes {
         chain(*id, c, &mut out);
-        runs(*id, c, end, &mut out);
+        runs(*id, c, &mut out);
     }
     // Replicas agree: one audit chain is a prefix of the other.
     for w in nodes.windows(2) {
@@ -36,8 +51,36 @@ pub fn replicated(disks: &BTreeMap<u64, MemoryDisk>, world: &World, end: bool) -
     }
     if let Some((_, newest)) = nodes.iter().max_by_key(|(_, c)| c.last_applied.map(|l| l.index()).unwrap_or(0)) {
         no_double_effect(newest, world, &mut out);
+        if let Some(before) = healed {
+            live(newest, before, &mut out);
+        }
+    }
+    if healed.is_some() {
+        // After the calm period every node has caught up (a few entries may be in flight).
+        let applied: Vec<u64> = nodes.iter().map(|(_, c)| c.last_applied.map(|l| l.index()).unwrap_or(0)).collect();
+        let (lo, hi) = (applied.iter().min().copied().unwrap_or(0), applied.iter().max().copied().unwrap_or(0));
+        if lo + 3 < hi || hi == 0 {
+            out.push(v("cluster_recovers", format!("after healing, nodes applied {applied:?}")));
+        }
     }
     out
+}
+
+/// A run that is neither ended nor waiting for an operator keeps moving once the faults are
+/// gone: its record changed during the calm period.
+fn live(c: &Contents, before: &BTreeMap<String, u64>, out: &mut Vec<Violation>) {
+    for (rid, rec) in &c.state.runs {
+        let waiting = matches!(rec.run.state, RunState::Paused { .. } | RunState::AwaitingApproval);
+        if rec.run.state.is_terminal() || waiting {
+            continue;
+        }
+        if before.get(rid).is_some_and(|r| *r == rec.revision) {
+            out.push(v(
+                "runs_live",
+                format!("run {rid} in {:?} did not change after every fault was healed (in flight {:?})", rec.run.state, rec.run.in_flight),
+            ));
+        }
+    }
 }
 
 fn chain(id: u64, c: &Contents, out: &mut Vec<Violation>) {
@@ -53,7 +96,7 @@ fn chain(id: u64, c: &Contents, out: &mut Vec<Violation>) {
 }
 
 /// Every committed run decision appears in the audit chain once, in order; run records are legal.
-fn runs(id: u64, c: &Contents, end: bool, out: &mut Vec<Violation>) {
+fn runs(id: u64, c: &Contents, out: &mut Vec<Violation>) {
     let mut by_run: BTreeMap<&str, Vec<&drcut_coordinator::audit::AuditEntry>> = BTreeMap::new();
     for e in &c.audit {
         if let Some(r) = e.details.get("run_id").and_then(|r| r.as_str()) {
@@ -101,7 +144,6 @@ fn runs(id: u64, c: &Contents, end: bool, out: &mut Vec<Violation>) {
         if r.state.is_terminal() != (rec.ended_ms > 0) {
             out.push(v("runs_legal", format!("node {id}: run {rid} state {:?} but ended_ms {}", r.state, rec.ended_ms)));
         }
-        let _ = end;
     }
     for (rid, _) in by_run {
         out.push(v("decisions_audited_once", format!("node {id}: audit entries for unknown run {rid}")));

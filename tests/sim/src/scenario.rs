@@ -157,16 +157,18 @@ pub fn run(opts: &Options) -> Outcome {
     let mut steps = 0u64;
     let mut printed = 0usize;
     let mut violations: Vec<Violation> = Vec::new();
+    let mut healed: Option<BTreeMap<String, u64>> = None;
     loop {
         let now = sim.elapsed().as_millis() as u64;
         if now >= total_ms {
             break;
         }
-        if now >= chaos_ms && !faults.is_empty() {
+        if now >= chaos_ms && healed.is_none() {
             for (_, f) in faults.drain(..) {
                 undo(&mut sim, &world, f, now);
             }
             lock(&world).log(now as i64, "healed: every fault undone");
+            healed = Some(check::revisions(&disks));
         }
         if now < chaos_ms {
             let due: Vec<usize> = faults.iter().enumerate().filter(|(_, (u, _))| *u <= now).map(|(i, _)| i).collect();
@@ -201,7 +203,7 @@ pub fn run(opts: &Options) -> Outcome {
             }
         }
         if steps.is_multiple_of(2000) {
-            let found = check::replicated(&disks, &lock(&world), false);
+            let found = check::replicated(&disks, &lock(&world), None);
             if !found.is_empty() {
                 violations.extend(found);
                 break;
@@ -209,7 +211,7 @@ pub fn run(opts: &Options) -> Outcome {
         }
     }
     if violations.is_empty() {
-        violations.extend(check::replicated(&disks, &lock(&world), true));
+        violations.extend(check::replicated(&disks, &lock(&world), Some(&healed.clone().unwrap_or_default())));
     }
     let runs = final_runs(&disks);
     let mut w = lock(&world);
