@@ -110,7 +110,9 @@ async fn session(region: &str, world: &Shared, addr: &str) -> Result<Option<Stri
             let Some(r) = lock(world).agents.get_mut(region).and_then(|m| m.outbox.pop_front()) else { break };
             if let Err(e) = tx.try_send(AgentMessage { body: Some(AgentBody::StepResult(r)) }) {
                 let AgentMessage { body: Some(AgentBody::StepResult(r)) } = e.into_inner() else { break };
-                lock(world).agents.get_mut(region).map(|m| m.outbox.push_front(r));
+                if let Some(m) = lock(world).agents.get_mut(region) {
+                    m.outbox.push_front(r);
+                }
                 return Ok(None);
             }
         }

@@ -77,7 +77,10 @@ fn live(c: &Contents, before: &BTreeMap<String, u64>, out: &mut Vec<Violation>) 
         if before.get(rid).is_some_and(|r| *r == rec.revision) {
             out.push(v(
                 "runs_live",
-                format!("run {rid} in {:?} did not change after every fault was healed (in flight {:?})", rec.run.state, rec.run.in_flight),
+                format!(
+                    "run {rid} in {:?} did not change after every fault was healed (in flight {:?})",
+                    rec.run.state, rec.run.in_flight
+                ),
             ));
         }
     }
@@ -139,10 +142,16 @@ fn runs(id: u64, c: &Contents, out: &mut Vec<Violation>) {
             _ => true,
         };
         if !legal {
-            out.push(v("runs_legal", format!("node {id}: run {rid} in {:?} with cursor {} in_flight {:?}", r.state, r.cursor, r.in_flight)));
+            out.push(v(
+                "runs_legal",
+                format!("node {id}: run {rid} in {:?} with cursor {} in_flight {:?}", r.state, r.cursor, r.in_flight),
+            ));
         }
         if r.state.is_terminal() != (rec.ended_ms > 0) {
-            out.push(v("runs_legal", format!("node {id}: run {rid} state {:?} but ended_ms {}", r.state, rec.ended_ms)));
+            out.push(v(
+                "runs_legal",
+                format!("node {id}: run {rid} state {:?} but ended_ms {}", r.state, rec.ended_ms),
+            ));
         }
     }
     for (rid, _) in by_run {

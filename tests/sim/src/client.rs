@@ -131,16 +131,48 @@ pub async fn run(seed: u64, world: Shared, nodes: Vec<String>, until_ms: i64) ->
         if roll < 55 {
             start(&world, &nodes, &mut rng, n).await;
         } else {
-            let Ok(runs) = call(&nodes, |mut c| async move { c.list_runs(ListRunsRequest { active_only: true }).await }).await
+            let Ok(runs) =
+                call(&nodes, |mut c| async move { c.list_runs(ListRunsRequest { active_only: true }).await }).await
             else {
                 continue;
             };
             let Some(run) = runs.runs.first() else { continue };
-            let req = RunActionRequest { ctx: ctx(&format!("op-{seed}-{n}")), run_id: run.run_id.clone(), reason: "sim".into() };
+            let req = RunActionRequest {
+                ctx: ctx(&format!("op-{seed}-{n}")),
+                run_id: run.run_id.clone(),
+                reason: "sim".into(),
+            };
             let (what, r) = match roll {
-                55..75 => ("pause", persist(3, || call(&nodes, |mut c| { let q = req.clone(); async move { c.pause_run(q).await } })).await),
-                75..92 => ("resume", persist(3, || call(&nodes, |mut c| { let q = req.clone(); async move { c.resume_run(q).await } })).await),
-                _ => ("abort", persist(3, || call(&nodes, |mut c| { let q = req.clone(); async move { c.abort_run(q).await } })).await),
+                55..75 => (
+                    "pause",
+                    persist(3, || {
+                        call(&nodes, |mut c| {
+                            let q = req.clone();
+                            async move { c.pause_run(q).await }
+                        })
+                    })
+                    .await,
+                ),
+                75..92 => (
+                    "resume",
+                    persist(3, || {
+                        call(&nodes, |mut c| {
+                            let q = req.clone();
+                            async move { c.resume_run(q).await }
+                        })
+                    })
+                    .await,
+                ),
+                _ => (
+                    "abort",
+                    persist(3, || {
+                        call(&nodes, |mut c| {
+                            let q = req.clone();
+                            async move { c.abort_run(q).await }
+                        })
+                    })
+                    .await,
+                ),
             };
             log(&world, format!("client {what} {}: {}", run.run_id, outcome(&r)));
         }

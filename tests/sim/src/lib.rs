@@ -44,4 +44,3 @@ pub fn report(o: &Outcome) -> String {
     }
     s
 }
-

@@ -129,6 +129,10 @@ fn main() -> ExitCode {
     let all_ok = children.iter_mut().all(|c| c.wait().map(|s| s.success()).unwrap_or(false));
     failed.sort_unstable();
     let secs = started.elapsed().as_secs_f64();
-    println!("{done} seeds in {secs:.1}s ({:.2} seeds/s), {} failed {failed:?}", done as f64 / secs.max(1e-9), failed.len());
+    println!(
+        "{done} seeds in {secs:.1}s ({:.2} seeds/s), {} failed {failed:?}",
+        done as f64 / secs.max(1e-9),
+        failed.len()
+    );
     if all_ok && failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -198,7 +198,7 @@ pub fn run(opts: &Options) -> Outcome {
                 printed = w.trace.len();
             }
             if !w.violations.is_empty() {
-                violations.extend(w.violations.drain(..));
+                violations.append(&mut w.violations);
                 break;
             }
         }
@@ -219,7 +219,11 @@ pub fn run(opts: &Options) -> Outcome {
     for (id, d) in &disks {
         if let Ok(c) = drcut_coordinator::store::read_contents(&d.state) {
             let applied = c.last_applied.map(|l| l.index()).unwrap_or(0);
-            w.trace.push(format!("end n{id}: applied {applied}, audit {} head {}", c.audit.len(), c.state.core.audit_head));
+            w.trace.push(format!(
+                "end n{id}: applied {applied}, audit {} head {}",
+                c.audit.len(),
+                c.state.core.audit_head
+            ));
         }
     }
     for v in &violations {

@@ -187,7 +187,10 @@ impl World {
         let slow = self.rng.chance(self.slow_rate);
         let delay_ms = if slow { c.timeout_ms as u64 + self.rng.range(0, 1000) } else { self.rng.range(1, 60) };
         let fail = self.rng.chance(self.fail_rate);
-        self.log(now_ms, format!("{agent} starts {} token {} delay {delay_ms} fail {fail}", describe(c), c.fencing_token));
+        self.log(
+            now_ms,
+            format!("{agent} starts {} token {} delay {delay_ms} fail {fail}", describe(c), c.fencing_token),
+        );
         Receipt::Execute { delay_ms, fail }
     }
 
@@ -196,11 +199,8 @@ impl World {
     pub fn complete(&mut self, agent: &str, region: &str, now_ms: i64, c: &StepCommand, fail: bool) {
         let k = attempt_key(c);
         let newest = self.agents.get(agent).map(|m| m.max_token).unwrap_or(0);
-        let (ok, detail) = if fail {
-            (false, "injected failure (no effect)".to_string())
-        } else {
-            self.apply(region, c)
-        };
+        let (ok, detail) =
+            if fail { (false, "injected failure (no effect)".to_string()) } else { self.apply(region, c) };
         let mutating = is_mutating(&c.action);
         if ok && mutating && c.fencing_token < newest {
             self.violate(
@@ -213,7 +213,12 @@ impl World {
                 ),
             );
         }
-        self.executions.push(Execution { key: k.clone(), action: c.action.clone(), at_ms: now_ms, effective: ok && mutating });
+        self.executions.push(Execution {
+            key: k.clone(),
+            action: c.action.clone(),
+            at_ms: now_ms,
+            effective: ok && mutating,
+        });
         self.log(now_ms, format!("{agent} done {} ok {ok}: {detail} | {}", describe(c), self.summary()));
         let mut r = result(c, ok, detail);
         r.measurements.insert("exec_ms".into(), 1.0);

@@ -15,7 +15,10 @@ fn seeds_hold_every_invariant() {
         .args(["--seeds", &n.to_string(), "--from", &from.to_string(), "--keep-going"])
         .status()
         .expect("run drcut-sim");
-    assert!(status.success(), "some seeds broke an invariant (see above); replay one with: scripts/sim --seed SEED --trace");
+    assert!(
+        status.success(),
+        "some seeds broke an invariant (see above); replay one with: scripts/sim --seed SEED --trace"
+    );
 }
 
 /// Exact replay needs tokio's scheduler RNG seeded, which tokio allows only under
