@@ -37,6 +37,10 @@ struct Args {
     /// Keep going after a failing seed.
     #[arg(long)]
     keep_going: bool,
+    /// Print every seed's trace hash (`SEED <seed> ok|FAIL <hash> <steps>`): two runs of a range
+    /// must print the same lines.
+    #[arg(long)]
+    list: bool,
     /// Worker processes (default: one per core).
     #[arg(long)]
     jobs: Option<usize>,
@@ -118,6 +122,9 @@ fn main() -> ExitCode {
             continue;
         }
         done += 1;
+        if a.list {
+            println!("{line}");
+        }
         if f.get(2) == Some(&"FAIL") {
             failed.push(f[1].parse::<u64>().unwrap_or(0));
         }
