@@ -141,6 +141,7 @@ pub async fn run(seed: u64, world: Shared, nodes: Vec<String>, until_ms: i64) ->
                 ctx: ctx(&format!("op-{seed}-{n}")),
                 run_id: run.run_id.clone(),
                 reason: "sim".into(),
+                ..Default::default()
             };
             let (what, r) = match roll {
                 55..75 => (
@@ -220,6 +221,7 @@ async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
         playbook: "wallet-region-cutover".into(),
         params: [("source".to_string(), source.clone()), ("target".to_string(), target.clone())].into(),
         reason: "sim".into(),
+        ..Default::default()
     };
     let r = persist(3, || {
         call(nodes, |mut c| {
