@@ -73,6 +73,8 @@ fn reports(region: &str, up: bool, seq: u64) -> Vec<AgentMessage> {
             if check == "db" && up {
                 values.insert("lag_seconds".to_string(), 0.0);
                 values.insert("lag_bytes".to_string(), 0.0);
+                values.insert("receive_lag_bytes".to_string(), 0.0);
+                values.insert("synchronous".to_string(), 1.0);
             }
             AgentMessage {
                 body: Some(AgentBody::Report(CheckReport {

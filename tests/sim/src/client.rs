@@ -144,7 +144,20 @@ pub async fn run(seed: u64, world: Shared, nodes: Vec<String>, until_ms: i64) ->
                 ..Default::default()
             };
             let (what, r) = match roll {
-                55..75 => (
+                55..62 => {
+                    // Consent to whatever loss an unplanned run names (a measured 0, or unknown).
+                    let mut q = req.clone();
+                    q.accept_loss = if rng.chance(0.5) { "unknown".into() } else { "0".into() };
+                    let r = persist(3, || {
+                        call(&nodes, |mut c| {
+                            let q = q.clone();
+                            async move { c.approve_run(q).await }
+                        })
+                    })
+                    .await;
+                    ("consent", r)
+                }
+                62..75 => (
                     "pause",
                     persist(3, || {
                         call(&nodes, |mut c| {
@@ -196,7 +209,7 @@ fn log(world: &Shared, what: String) {
 }
 
 async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
-    let (source, target) = {
+    let (source, target, unplanned) = {
         let mut w = world.lock().unwrap_or_else(|p| p.into_inner());
         // An operator rebuilds a fenced old primary as a standby before failing back to it.
         let primaries = w.dbs.values().filter(|d| d.role == Role::Primary).count();
@@ -214,14 +227,17 @@ async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
             _ => rng.pick(&crate::world::REGIONS).to_string(),
         };
         let other = crate::world::REGIONS.iter().find(|r| **r != towards).expect("two regions").to_string();
-        (towards, other)
+        // The primary's region is lost: the DR button, unplanned.
+        let lost = !w.up.get(&towards).copied().unwrap_or(true);
+        let unplanned = lost && rng.chance(0.8);
+        (towards, other, unplanned)
     };
     let req = StartCutoverRequest {
         ctx: ctx(&format!("start-{n}")),
         playbook: "wallet-region-cutover".into(),
         params: [("source".to_string(), source.clone()), ("target".to_string(), target.clone())].into(),
         reason: "sim".into(),
-        ..Default::default()
+        unplanned,
     };
     let r = persist(3, || {
         call(nodes, |mut c| {
@@ -234,5 +250,6 @@ async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
         Ok(info) => format!("run {}", info.run_id),
         Err(s) => format!("{:?} {}", s.code(), s.message().chars().take(80).collect::<String>()),
     };
-    log(world, format!("client start {source} -> {target}: {shown}"));
+    let how = if unplanned { "unplanned" } else { "planned" };
+    log(world, format!("client start {how} {source} -> {target}: {shown}"));
 }

@@ -235,6 +235,14 @@ impl World {
         if !self.up.get(region).copied().unwrap_or(false) && c.action != "shift_traffic" {
             return (false, format!("region {region} is down"));
         }
+        if c.action == "fence" && with.get("hook").is_some() {
+            // STONITH from another region's agent: the old primary elsewhere is powered off.
+            let Some(other) = REGIONS.iter().find(|r| **r != region) else { return (false, "no other region".into()) };
+            if let Some(d) = self.dbs.get_mut(*other) {
+                d.read_only = true;
+            }
+            return (true, format!("{other} powered off (STONITH)"));
+        }
         let Some(db) = self.dbs.get_mut(region) else { return (false, format!("no database in {region}")) };
         match c.action.as_str() {
             "freeze_writes" | "fence" => {
