@@ -70,7 +70,9 @@ pub fn replicated(
 /// gone: its record changed during the calm period.
 fn live(c: &Contents, before: &BTreeMap<String, u64>, out: &mut Vec<Violation>) {
     for (rid, rec) in &c.state.runs {
-        let waiting = matches!(rec.run.state, RunState::Paused { .. } | RunState::AwaitingApproval);
+        // Paused, awaiting approval, or held for an operator (fencing, consent to a loss).
+        let waiting =
+            matches!(rec.run.state, RunState::Paused { .. } | RunState::AwaitingApproval) || rec.run.hold.is_some();
         if rec.run.state.is_terminal() || waiting {
             continue;
         }
