@@ -278,13 +278,24 @@ fn inject(
             sim.partition(a.as_str(), b.as_str());
             Fault::Partition(a, b)
         }
-        35..55 => {
+        35..50 => {
             let n = name(*rng.pick(&NODES));
             if crashed(&n) {
                 return None;
             }
             sim.crash(n.as_str());
             Fault::Crash(n)
+        }
+        50..55 => {
+            // An agent process dies: attempts it was running never finish, and it forgets the
+            // newest token and the results it recorded (a real agent keeps both in memory).
+            let r = rng.pick(&REGIONS).to_string();
+            if crashed(&r) {
+                return None;
+            }
+            sim.crash(r.as_str());
+            lock(world).agents.insert(r.clone(), crate::world::AgentMem::default());
+            Fault::Crash(r)
         }
         55..70 if a != b => {
             sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.05);
