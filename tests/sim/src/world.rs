@@ -100,6 +100,9 @@ pub struct World {
     pub fail_rate: f64,
     /// Probability that an attempt is slow (beyond a short timeout).
     pub slow_rate: f64,
+    /// What-if (`DRCUT_SIM_AGENT_RECHECK=1`): the agent checks its newest token again right
+    /// before an effect and drops a stale one. Off by default: the real agent does not.
+    pub recheck_before_effect: bool,
     /// The event trace (hashed for the determinism proof, printed on failure).
     pub trace: Vec<String>,
     /// Broken invariants (the run stops at the first).
@@ -141,6 +144,7 @@ impl World {
             shift_targets: BTreeMap::new(),
             fail_rate,
             slow_rate,
+            recheck_before_effect: std::env::var("DRCUT_SIM_AGENT_RECHECK").is_ok_and(|v| v == "1"),
             trace: Vec::new(),
             violations: Vec::new(),
         }
@@ -199,9 +203,14 @@ impl World {
     pub fn complete(&mut self, agent: &str, region: &str, now_ms: i64, c: &StepCommand, fail: bool) {
         let k = attempt_key(c);
         let newest = self.agents.get(agent).map(|m| m.max_token).unwrap_or(0);
-        let (ok, detail) =
-            if fail { (false, "injected failure (no effect)".to_string()) } else { self.apply(region, c) };
         let mutating = is_mutating(&c.action);
+        let (ok, detail) = if fail {
+            (false, "injected failure (no effect)".to_string())
+        } else if self.recheck_before_effect && mutating && c.fencing_token < newest {
+            (false, format!("token {} is no longer the newest ({newest}): not applied", c.fencing_token))
+        } else {
+            self.apply(region, c)
+        };
         if ok && mutating && c.fencing_token < newest {
             self.violate(
                 "stale_token_no_effect",
