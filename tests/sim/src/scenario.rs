@@ -303,7 +303,7 @@ fn inject(
         }
         70..85 => {
             let r = rng.pick(&REGIONS).to_string();
-            lock(world).up.insert(r.clone(), false);
+            lock(world).set_up(&r, false, now as i64);
             Fault::RegionDown(r)
         }
         85..100 => {
@@ -332,7 +332,7 @@ fn undo(sim: &mut turmoil::Sim<'_>, world: &Shared, f: Fault, now: u64) {
         Fault::Crash(n) => sim.bounce(n.as_str()),
         Fault::Loss(a, b) => sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0),
         Fault::RegionDown(r) => {
-            lock(world).up.insert(r.clone(), true);
+            lock(world).set_up(r, true, now as i64);
         }
     }
     lock(world).log(now as i64, format!("undo {f:?}"));

@@ -8,6 +8,8 @@ use drcut_proto::v1::{StepCommand, StepResult};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
+/// How long the health model takes at most to declare a failing region down (ms).
+pub const DETECT_MS: i64 = 1500;
 /// The protected service.
 pub const SERVICE: &str = "wallet";
 /// The regions, each with one agent named after it.
@@ -90,6 +92,8 @@ pub struct World {
     pub db_endpoint: String,
     /// Regions whose SLI checks pass.
     pub up: BTreeMap<String, bool>,
+    /// When each region that is down went down (simulated ms since the start).
+    pub down_since: BTreeMap<String, i64>,
     /// Agent memories by agent id.
     pub agents: BTreeMap<String, AgentMem>,
     /// Every execution, in order.
@@ -139,6 +143,7 @@ impl World {
             traffic: BTreeMap::from([("eu-west".into(), 100), ("eu-central".into(), 0)]),
             db_endpoint: "eu-west".into(),
             up: REGIONS.iter().map(|r| (r.to_string(), true)).collect(),
+            down_since: BTreeMap::new(),
             agents: REGIONS.iter().map(|r| (r.to_string(), AgentMem::default())).collect(),
             executions: Vec::new(),
             shift_targets: BTreeMap::new(),
@@ -148,6 +153,24 @@ impl World {
             trace: Vec::new(),
             violations: Vec::new(),
         }
+    }
+
+    /// A region's checks start failing (`up` false) or pass again, at `now` (ms since start).
+    pub fn set_up(&mut self, region: &str, up: bool, now: i64) {
+        self.up.insert(region.to_string(), up);
+        if up {
+            self.down_since.remove(region);
+        } else {
+            self.down_since.entry(region.to_string()).or_insert(now);
+        }
+    }
+
+    /// Serving as far as anyone can know at `now_ms` (Unix ms): up, or down for less than the
+    /// time the health model needs to see it (3 failed reports 300 ms apart, a 100 ms tick,
+    /// margin), so a gate that passed just before the failure showed is no violation.
+    fn serving(&self, region: &str, now_ms: i64) -> bool {
+        let now = now_ms - crate::scenario::EPOCH_MS;
+        self.up.get(region) == Some(&true) || self.down_since.get(region).is_some_and(|t| now - t < DETECT_MS)
     }
 
     /// Appends to the trace, stamped with simulated ms since the start (absolute Unix times
@@ -209,7 +232,7 @@ impl World {
         } else if self.recheck_before_effect && mutating && c.fencing_token < newest {
             (false, format!("token {} is no longer the newest ({newest}): not applied", c.fencing_token))
         } else {
-            self.apply(region, c)
+            self.apply(region, c, now_ms)
         };
         if ok && mutating && c.fencing_token < newest {
             self.violate(
@@ -239,7 +262,7 @@ impl World {
     }
 
     /// The effect of one action on the world.
-    fn apply(&mut self, region: &str, c: &StepCommand) -> (bool, String) {
+    fn apply(&mut self, region: &str, c: &StepCommand, now_ms: i64) -> (bool, String) {
         let with: serde_json::Value = serde_json::from_str(&c.params_json).unwrap_or_default();
         if !self.up.get(region).copied().unwrap_or(false) && c.action != "shift_traffic" {
             return (false, format!("region {region} is down"));
@@ -286,6 +309,19 @@ impl World {
                 };
                 self.traffic.insert(to.to_string(), p as u32);
                 self.traffic.insert(from.to_string(), 100 - p as u32);
+                // A shift the coordinator ordered must leave some traffic on a region that serves,
+                // unless none does.
+                let serving: u32 = self.traffic.iter().filter(|(r, _)| self.serving(r, now_ms)).map(|(_, w)| w).sum();
+                if serving == 0 && REGIONS.iter().any(|r| self.serving(r, now_ms)) {
+                    let detail = format!(
+                        "run {}: {} sent {p} % to {to}, leaving 0 % on serving regions (weights {:?}, up {:?})",
+                        c.run_id,
+                        describe(c),
+                        self.traffic,
+                        self.up
+                    );
+                    self.violate("traffic_never_zero", detail);
+                }
                 if !c.compensation {
                     self.shift_targets.insert(c.run_id.clone(), to.to_string());
                 } else if let Some(target) = self.shift_targets.get(&c.run_id).cloned()
