@@ -310,9 +310,9 @@ impl World {
                 self.traffic.insert(to.to_string(), p as u32);
                 self.traffic.insert(from.to_string(), 100 - p as u32);
                 // A shift the coordinator ordered must leave some traffic on a region that serves,
-                // unless none does.
+                // unless no region's checks pass at all (then there is nowhere to send users).
                 let serving: u32 = self.traffic.iter().filter(|(r, _)| self.serving(r, now_ms)).map(|(_, w)| w).sum();
-                if serving == 0 && REGIONS.iter().any(|r| self.serving(r, now_ms)) {
+                if serving == 0 && self.up.values().any(|u| *u) {
                     let detail = format!(
                         "run {}: {} sent {p} % to {to}, leaving 0 % on serving regions (weights {:?}, up {:?})",
                         c.run_id,
