@@ -208,6 +208,16 @@ fn log(world: &Shared, what: String) {
     w.log(now_ms(), what);
 }
 
+/// The GSLB answer for a region's app (the playbook's documentation addresses).
+fn app_ip(region: &str) -> &'static str {
+    if region == "eu-west" { "192.0.2.10" } else { "198.51.100.10" }
+}
+
+/// A region's database address.
+fn db_ip(region: &str) -> &'static str {
+    if region == "eu-west" { "192.0.2.20" } else { "198.51.100.20" }
+}
+
 async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
     let (source, target, unplanned) = {
         let mut w = world.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,7 +245,14 @@ async fn start(world: &Shared, nodes: &[String], rng: &mut Rng, n: u64) {
     let req = StartCutoverRequest {
         ctx: ctx(&format!("start-{n}")),
         playbook: "wallet-region-cutover".into(),
-        params: [("source".to_string(), source.clone()), ("target".to_string(), target.clone())].into(),
+        params: [
+            ("source".to_string(), source.clone()),
+            ("target".to_string(), target.clone()),
+            ("source_app".to_string(), app_ip(&source).to_string()),
+            ("target_app".to_string(), app_ip(&target).to_string()),
+            ("target_db".to_string(), db_ip(&target).to_string()),
+        ]
+        .into(),
         reason: "sim".into(),
         unplanned,
     };

@@ -8,6 +8,8 @@ use drcut_proto::v1::{StepCommand, StepResult};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
+/// The step index of a returning region's fence (the coordinator's `engine::REJOIN_STEP`).
+const REJOIN_STEP: u32 = u32::MAX;
 /// How long the health model takes at most to declare a failing region down (ms).
 pub const DETECT_MS: i64 = 1500;
 /// The protected service.
@@ -207,9 +209,22 @@ impl World {
             self.log(now_ms, format!("{agent} repeats recorded result of {}", describe(c)));
             return Receipt::Repeat;
         }
-        if !mem.running.insert(k) {
+        if mem.running.contains(&k) {
             return Receipt::Running;
         }
+        // A newer command of the same run supersedes an attempt still running: it is cancelled
+        // (no effect, no result), as the real executor aborts it. A returning region's fence
+        // (REJOIN_STEP) stands outside any run's sequence.
+        if c.step_index != REJOIN_STEP {
+            let older: Vec<AttemptKey> =
+                mem.running.iter().filter(|o| o.0 == c.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
+            for o in older {
+                mem.running.remove(&o);
+                self.trace.push(format!("{agent} cancels superseded {}/{}#{}", o.0, o.1, o.4));
+            }
+        }
+        let mem = self.agents.entry(agent.to_string()).or_default();
+        mem.running.insert(k);
         // Slowness and failures are drawn now, in the world's order, so they replay exactly.
         let slow = self.rng.chance(self.slow_rate);
         let delay_ms = if slow { c.timeout_ms as u64 + self.rng.range(0, 1000) } else { self.rng.range(1, 60) };
@@ -225,6 +240,11 @@ impl World {
     /// and queue the result.
     pub fn complete(&mut self, agent: &str, region: &str, now_ms: i64, c: &StepCommand, fail: bool) {
         let k = attempt_key(c);
+        if !self.agents.get(agent).is_some_and(|m| m.running.contains(&k)) {
+            // Cancelled (superseded, or the agent crashed): it never finishes.
+            self.log(now_ms, format!("{agent} {} was cancelled: no effect", describe(c)));
+            return;
+        }
         let newest = self.agents.get(agent).map(|m| m.max_token).unwrap_or(0);
         let mutating = is_mutating(&c.action);
         let (ok, detail) = if fail {
