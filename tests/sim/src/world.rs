@@ -5,7 +5,7 @@
 
 use crate::rng::Rng;
 use drcut_proto::v1::{StepCommand, StepResult};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
 /// The step index of a returning region's fence (the coordinator's `engine::REJOIN_STEP`).
@@ -67,8 +67,9 @@ pub struct AgentMem {
     pub max_token: u64,
     /// Results of finished attempts.
     pub done: BTreeMap<AttemptKey, StepResult>,
-    /// Attempts executing now.
-    pub running: BTreeSet<AttemptKey>,
+    /// Attempts executing now, with the newest token they were (re-)sent with: a new leader
+    /// re-sending an attempt already running adopts that execution.
+    pub running: BTreeMap<AttemptKey, u64>,
     /// Results waiting for a session to carry them.
     pub outbox: VecDeque<StepResult>,
 }
@@ -209,7 +210,8 @@ impl World {
             self.log(now_ms, format!("{agent} repeats recorded result of {}", describe(c)));
             return Receipt::Repeat;
         }
-        if mem.running.contains(&k) {
+        if let Some(t) = mem.running.get_mut(&k) {
+            *t = (*t).max(c.fencing_token);
             return Receipt::Running;
         }
         // A newer command of the same run supersedes an attempt still running: it is cancelled
@@ -217,14 +219,14 @@ impl World {
         // (REJOIN_STEP) stands outside any run's sequence.
         if c.step_index != REJOIN_STEP {
             let older: Vec<AttemptKey> =
-                mem.running.iter().filter(|o| o.0 == c.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
+                mem.running.keys().filter(|o| o.0 == c.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
             for o in older {
                 mem.running.remove(&o);
                 self.trace.push(format!("{agent} cancels superseded {}/{}#{}", o.0, o.1, o.4));
             }
         }
         let mem = self.agents.entry(agent.to_string()).or_default();
-        mem.running.insert(k);
+        mem.running.insert(k, c.fencing_token);
         // Slowness and failures are drawn now, in the world's order, so they replay exactly.
         let slow = self.rng.chance(self.slow_rate);
         let delay_ms = if slow { c.timeout_ms as u64 + self.rng.range(0, 1000) } else { self.rng.range(1, 60) };
@@ -240,28 +242,28 @@ impl World {
     /// and queue the result.
     pub fn complete(&mut self, agent: &str, region: &str, now_ms: i64, c: &StepCommand, fail: bool) {
         let k = attempt_key(c);
-        if !self.agents.get(agent).is_some_and(|m| m.running.contains(&k)) {
+        let Some(token) = self.agents.get(agent).and_then(|m| m.running.get(&k).copied()) else {
             // Cancelled (superseded, or the agent crashed): it never finishes.
             self.log(now_ms, format!("{agent} {} was cancelled: no effect", describe(c)));
             return;
-        }
+        };
         let newest = self.agents.get(agent).map(|m| m.max_token).unwrap_or(0);
         let mutating = is_mutating(&c.action);
         let (ok, detail) = if fail {
             (false, "injected failure (no effect)".to_string())
-        } else if self.recheck_before_effect && mutating && c.fencing_token < newest {
-            (false, format!("token {} is no longer the newest ({newest}): not applied", c.fencing_token))
+        } else if self.recheck_before_effect && mutating && token < newest {
+            (false, format!("token {} is no longer the newest ({newest}): not applied", token))
         } else {
             self.apply(region, c, now_ms)
         };
-        if ok && mutating && c.fencing_token < newest {
+        if ok && mutating && token < newest {
             self.violate(
                 "stale_token_no_effect",
                 format!(
                     "at {now_ms}: {agent} applied {} with token {} after seeing token {newest} (accepted when it was \
                      current, its effect landed after a newer leader or attempt took over)",
                     describe(c),
-                    c.fencing_token
+                    token
                 ),
             );
         }
