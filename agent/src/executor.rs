@@ -24,12 +24,21 @@ type Key = (String, u32, i32, bool, u32);
 /// any run's sequence, so it neither supersedes nor is superseded.
 const REJOIN_STEP: u32 = u32::MAX;
 
+/// An attempt in progress.
+struct Running {
+    /// Its service (or run id, from an older coordinator).
+    scope: String,
+    /// The newest token it was sent with.
+    token: u64,
+    task: tokio::task::AbortHandle,
+}
+
 /// Executes step commands and queues their results for the session.
 pub struct Executor {
     cfg: Arc<AgentConfig>,
     max_token: AtomicU64,
     done: Mutex<HashMap<Key, StepResult>>,
-    running: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
+    running: Mutex<HashMap<Key, Running>>,
     out: mpsc::UnboundedSender<StepResult>,
 }
 
@@ -76,24 +85,33 @@ impl Executor {
             return;
         }
         let k = key(&cmd);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // Anything still running for the same service (else the same run), other than this very
+        // attempt, was given up by the coordinator: cancel it before anything newer happens.
+        let scope = if cmd.service.is_empty() { cmd.run_id.clone() } else { cmd.service.clone() };
+        if cmd.step_index != REJOIN_STEP {
+            let older: Vec<Key> = running
+                .iter()
+                .filter(|(o, r)| r.scope == scope && o.1 != REJOIN_STEP && **o != k && r.token < cmd.fencing_token)
+                .map(|(o, _)| o.clone())
+                .collect();
+            for o in older {
+                if let Some(r) = running.remove(&o) {
+                    r.task.abort();
+                    tracing::warn!(run_id = %o.0, step_index = o.1, attempt = o.4, superseded_by = cmd.fencing_token, "running attempt superseded: cancelled");
+                }
+            }
+        }
         if let Some(r) = self.done.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
             let _ = self.out.send(StepResult { fencing_token: cmd.fencing_token, ..r.clone() });
             return;
         }
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.contains_key(&k) {
+        if let Some(r) = running.get_mut(&k) {
+            // A new leader's re-send of an attempt still running: it now runs under that token.
+            r.token = r.token.max(cmd.fencing_token);
             return;
         }
-        if cmd.step_index != REJOIN_STEP {
-            let older: Vec<Key> =
-                running.keys().filter(|o| o.0 == cmd.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
-            for o in older {
-                if let Some(h) = running.remove(&o) {
-                    h.abort();
-                    tracing::warn!(run_id = %cmd.run_id, step_index = o.1, attempt = o.4, superseded_by = cmd.fencing_token, "running attempt superseded: cancelled");
-                }
-            }
-        }
+        let token = cmd.fencing_token;
         let this = self.clone();
         let k2 = k.clone();
         let task = tokio::spawn(async move {
@@ -119,7 +137,7 @@ impl Executor {
             this.done.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), r.clone());
             let _ = this.out.send(r);
         });
-        running.insert(k, task.abort_handle());
+        running.insert(k, Running { scope, token, task: task.abort_handle() });
     }
 }
 
@@ -139,6 +157,7 @@ mod tests {
             action: "no_such_action".into(),
             params_json: "{}".into(),
             timeout_ms: 1000,
+            service: "wallet".into(),
         }
     }
 

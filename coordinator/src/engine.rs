@@ -106,6 +106,7 @@ fn command(rec: &RunRecord, w: &Work, token: u64) -> Option<(String, StepCommand
             action: act.action.clone(),
             params_json: act.with.to_string(),
             timeout_ms: step.timeout_ms as u32,
+            service: rec.run.service.clone(),
         },
     ))
 }
@@ -270,6 +271,7 @@ fn rejoin_fences(app: &AppRef, term: u64, now: i64) {
                 action: "fence".into(),
                 params_json: order.with.to_string(),
                 timeout_ms: 30_000,
+                service: service.clone(),
             };
             tracing::warn!(%service, %region, %agent, run_id = %order.run_id, fencing_token = token, "fencing the returning old primary");
             let _ = tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) }));

@@ -625,7 +625,7 @@ impl Run {
                 if now_ms < self.not_before_ms {
                     return Decision::Wait(Some(self.not_before_ms));
                 }
-                let work = Work { step, phase: None, compensation: true, attempt: self.failures + 1 };
+                let work = Work { step, phase: None, compensation: true, attempt: self.next_attempt(step, None, true) };
                 let act = self.action_for(&work).expect("only steps with a compensation are queued");
                 Decision::Dispatch { work, act, timeout_ms: self.plan.steps[step].timeout_ms }
             }
@@ -651,7 +651,12 @@ impl Run {
                     return d;
                 }
                 let phase = if s.phases.is_empty() { None } else { Some(self.phase) };
-                let work = Work { step: self.cursor, phase, compensation: false, attempt: self.failures + 1 };
+                let work = Work {
+                    step: self.cursor,
+                    phase,
+                    compensation: false,
+                    attempt: self.next_attempt(self.cursor, phase, false),
+                };
                 let act = self.action_for(&work).expect("the cursor is on a step");
                 Decision::Dispatch { work, act, timeout_ms: s.timeout_ms }
             }
@@ -695,6 +700,19 @@ impl Run {
             }
         }
         Some(act)
+    }
+
+    /// The next attempt number of a work item: one past every attempt recorded for it, so a
+    /// resumed step never reuses a number (the agent would answer with the old result).
+    fn next_attempt(&self, step: usize, phase: Option<usize>, compensation: bool) -> u32 {
+        let done = self
+            .history
+            .iter()
+            .filter(|a| a.work.step == step && a.work.phase == phase && a.work.compensation == compensation)
+            .map(|a| a.work.attempt)
+            .max()
+            .unwrap_or(0);
+        done.max(self.failures) + 1
     }
 
     fn timeout_of(&self, w: &Work) -> u64 {
@@ -1041,7 +1059,10 @@ mod tests {
         r.pause("operator").unwrap();
         assert_eq!(r.decide(5000), Decision::Wait(None));
         r.resume().unwrap();
-        assert!(matches!(r.decide(5000), Decision::Dispatch { .. }));
+        // A resumed step continues the attempt numbers: the agent must not answer attempt 1's
+        // old result.
+        let Decision::Dispatch { work: again, .. } = r.decide(5000) else { panic!() };
+        assert_eq!(again.attempt, 2);
         r.abort("operator").unwrap();
         assert!(r.state.is_terminal());
         assert!(r.abort("again").is_err());

@@ -69,7 +69,7 @@ pub struct AgentMem {
     pub done: BTreeMap<AttemptKey, StepResult>,
     /// Attempts executing now, with the newest token they were (re-)sent with: a new leader
     /// re-sending an attempt already running adopts that execution.
-    pub running: BTreeMap<AttemptKey, u64>,
+    pub running: BTreeMap<AttemptKey, (u64, String)>,
     /// Results waiting for a session to carry them.
     pub outbox: VecDeque<StepResult>,
 }
@@ -204,29 +204,36 @@ impl World {
             return Receipt::Refused;
         }
         let k = attempt_key(c);
-        if let Some(r) = mem.done.get(&k) {
-            let again = StepResult { fencing_token: c.fencing_token, ..r.clone() };
-            mem.outbox.push_back(again);
-            self.log(now_ms, format!("{agent} repeats recorded result of {}", describe(c)));
-            return Receipt::Repeat;
-        }
-        if let Some(t) = mem.running.get_mut(&k) {
-            *t = (*t).max(c.fencing_token);
-            return Receipt::Running;
-        }
-        // A newer command of the same run supersedes an attempt still running: it is cancelled
-        // (no effect, no result), as the real executor aborts it. A returning region's fence
-        // (REJOIN_STEP) stands outside any run's sequence.
+        // Anything still running for the same service (else run), other than this attempt and
+        // with an older token, was given up by the coordinator: cancelled (no effect, no
+        // result), as the real executor aborts it. A returning region's fence (REJOIN_STEP)
+        // stands outside any run's sequence.
+        let scope = if c.service.is_empty() { c.run_id.clone() } else { c.service.clone() };
         if c.step_index != REJOIN_STEP {
-            let older: Vec<AttemptKey> =
-                mem.running.keys().filter(|o| o.0 == c.run_id && o.1 != REJOIN_STEP && **o != k).cloned().collect();
+            let older: Vec<AttemptKey> = mem
+                .running
+                .iter()
+                .filter(|(o, (t, sc))| *sc == scope && o.1 != REJOIN_STEP && **o != k && *t < c.fencing_token)
+                .map(|(o, _)| o.clone())
+                .collect();
             for o in older {
                 mem.running.remove(&o);
                 self.trace.push(format!("{agent} cancels superseded {}/{}#{}", o.0, o.1, o.4));
             }
         }
         let mem = self.agents.entry(agent.to_string()).or_default();
-        mem.running.insert(k, c.fencing_token);
+        if let Some(r) = mem.done.get(&k) {
+            let again = StepResult { fencing_token: c.fencing_token, ..r.clone() };
+            mem.outbox.push_back(again);
+            self.log(now_ms, format!("{agent} repeats recorded result of {}", describe(c)));
+            return Receipt::Repeat;
+        }
+        if let Some((t, _)) = mem.running.get_mut(&k) {
+            *t = (*t).max(c.fencing_token);
+            return Receipt::Running;
+        }
+        let mem = self.agents.entry(agent.to_string()).or_default();
+        mem.running.insert(k, (c.fencing_token, scope));
         // Slowness and failures are drawn now, in the world's order, so they replay exactly.
         let slow = self.rng.chance(self.slow_rate);
         let delay_ms = if slow { c.timeout_ms as u64 + self.rng.range(0, 1000) } else { self.rng.range(1, 60) };
@@ -242,7 +249,7 @@ impl World {
     /// and queue the result.
     pub fn complete(&mut self, agent: &str, region: &str, now_ms: i64, c: &StepCommand, fail: bool) {
         let k = attempt_key(c);
-        let Some(token) = self.agents.get(agent).and_then(|m| m.running.get(&k).copied()) else {
+        let Some(token) = self.agents.get(agent).and_then(|m| m.running.get(&k).map(|(t, _)| *t)) else {
             // Cancelled (superseded, or the agent crashed): it never finishes.
             self.log(now_ms, format!("{agent} {} was cancelled: no effect", describe(c)));
             return;
