@@ -24,9 +24,8 @@ const SAMPLE_MAX_AGE_MS: i64 = 60_000;
 /// while the primary still answered: (leader time, agent, check, values).
 /// `lost_at` is when the source was declared down.
 pub fn loss_from_sample(sample: Option<LagSample>, lost_at: i64) -> Loss {
-    let now_ms = lost_at;
     match sample {
-        Some(LagSample { at_ms: at, agent, check, values: v, .. }) if now_ms - at <= SAMPLE_MAX_AGE_MS => {
+        Some(LagSample { at_ms: at, agent, check, values: v, .. }) if lost_at - at <= SAMPLE_MAX_AGE_MS => {
             let bytes = v.get("receive_lag_bytes").copied().unwrap_or(0.0).max(0.0) as u64;
             // What the standby received is not lost (the catch-up replays it): only WAL it never
             // received counts, and its age is the replay lag behind the primary.
@@ -36,7 +35,7 @@ pub fn loss_from_sample(sample: Option<LagSample>, lost_at: i64) -> Loss {
                 bytes,
                 seconds,
                 synchronous: v.get("synchronous").copied().unwrap_or(0.0) >= 1.0,
-                evidence: format!("last sample of check {check} by {agent}, {} ms before the loss", now_ms - at),
+                evidence: format!("last sample of check {check} by {agent}, {} ms before the loss", lost_at - at),
             }
         }
         Some(LagSample { at_ms: at, agent, check, .. }) => Loss {
@@ -46,7 +45,7 @@ pub fn loss_from_sample(sample: Option<LagSample>, lost_at: i64) -> Loss {
             synchronous: false,
             evidence: format!(
                 "last sample of check {check} by {agent} is {} s older than the loss",
-                (now_ms - at) / 1000
+                (lost_at - at) / 1000
             ),
         },
         None => Loss {
@@ -160,7 +159,7 @@ pub fn facts(app: &AppRef, run: &Run, now_ms: i64) -> Facts {
         .filter(|h| h.state == HealthState::Down)
         .map(|h| if h.reason.is_empty() { "down".to_string() } else { h.reason.clone() });
     let agents: Vec<_> = rep.agents.values().filter(|a| a.region == f.source).collect();
-    let source_agent = agents.iter().any(|a| app.hub.connected(&a.agent_id) && app.engine.is_attached(&a.agent_id));
+    let source_agent = agents.iter().any(|a| app.engine.is_attached(&a.agent_id));
     // Every agent of the source must have self-fenced for its primaries to count as fenced.
     let self_fence_at = if !agents.is_empty() && agents.iter().all(|a| a.self_fence_after_ms > 0) {
         agents
@@ -191,7 +190,8 @@ pub fn measure_loss(app: &AppRef, run: &Run, now_ms: i64) -> Option<Loss> {
     Some(loss_from_sample(app.hub.last_lag(&f.target), lost_at))
 }
 
-/// Builds the record of a new run of `resolved` in `mode`.
+/// Builds the record of a new run of `resolved` in `mode` (the caller has checked that an
+/// unplanned run's playbook has `spec.failover`: see [`crate::grpc::runs::preflight`]).
 #[allow(clippy::too_many_arguments)]
 pub fn new_record(
     stored: &StoredPlaybook,
@@ -201,20 +201,14 @@ pub fn new_record(
     reason: String,
     idempotency_key: String,
     automatic: bool,
-) -> Result<RunRecord, Status> {
-    if mode == RunMode::Unplanned && resolved.failover.is_none() {
-        return Err(Status::invalid_argument(format!(
-            "playbook {} has no spec.failover: it cannot run unplanned (which region is lost?)",
-            resolved.name
-        )));
-    }
+) -> RunRecord {
     let run = Run::new(
         &crate::grpc::runs::new_run_id(&resolved.service),
         &resolved.service,
         crate::grpc::runs::run_plan(resolved, mode),
         requester,
     );
-    Ok(RunRecord {
+    RunRecord {
         run,
         playbook: stored.name.clone(),
         playbook_hash: stored.hash.clone(),
@@ -225,7 +219,7 @@ pub fn new_record(
         revision: 0,
         idempotency_key,
         automatic,
-    })
+    }
 }
 
 async fn commit(app: &AppRef, actor: &str, cmd: Command) -> Result<(), Status> {
@@ -290,10 +284,8 @@ pub async fn automatic_tick(app: &AppRef, now_ms: i64) {
             }
             PolicyDecision::Start(reason) => {
                 tracing::warn!(service = %resolved.service, "automatic failover: {reason}");
-                match new_record(&stored, &resolved, RunMode::Unplanned, "system", reason, String::new(), true) {
-                    Ok(record) => commit(app, "system", Command::CreateRun { record: Box::new(record) }).await,
-                    Err(e) => Err(e),
-                }
+                let record = new_record(&stored, &resolved, RunMode::Unplanned, "system", reason, String::new(), true);
+                commit(app, "system", Command::CreateRun { record: Box::new(record) }).await
             }
         };
         if let Err(e) = res {
@@ -304,7 +296,7 @@ pub async fn automatic_tick(app: &AppRef, now_ms: i64) {
 
 /// What a start into a region holding a fenced old primary needs: a `rebuild_standby` first.
 /// The target is the region the playbook promotes in (or fails over to).
-pub fn unplanned_blockers(app: &AppRef, r: &ResolvedPlaybook) -> Vec<String> {
+pub fn rebuild_blockers(app: &AppRef, r: &ResolvedPlaybook) -> Vec<String> {
     use crate::playbook::Action;
     let target = r
         .steps

@@ -148,11 +148,6 @@ impl HealthHub {
         self.lock().lag.values().filter(|s| s.region == region).max_by_key(|s| s.at_ms).cloned()
     }
 
-    /// Whether `agent` has an open session.
-    pub fn connected(&self, agent: &str) -> bool {
-        self.lock().live.get(agent).is_some_and(|l| l.sessions > 0)
-    }
-
     /// Number of open agent sessions.
     pub fn sessions(&self) -> u32 {
         self.lock().live.values().map(|l| l.sessions).sum()

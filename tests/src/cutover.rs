@@ -366,6 +366,37 @@ spec:
         anyhow::bail!("no node lists runs: {last:?}")
     }
 
+    /// Run `id` as the first node that answers lists it.
+    pub async fn run(&self, id: &str) -> Result<drcut_proto::v1::RunInfo> {
+        self.runs().await?.into_iter().find(|r| r.run_id == id).with_context(|| format!("run {id} not listed"))
+    }
+
+    /// Polls run `id` until `pred` holds for it and returns it; fails if the run ends first
+    /// (without `pred` holding), or after `timeout`.
+    pub async fn poll_run(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&drcut_proto::v1::RunInfo) -> bool,
+    ) -> Result<drcut_proto::v1::RunInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.run(id).await?;
+            if pred(&r) {
+                return Ok(r);
+            }
+            anyhow::ensure!(r.ended_unix_ms == 0, "run {id} ended {} ({}) before {what}", r.state, r.state_reason);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "run {id}: {what} not within {timeout:?}; {} ({})",
+                r.state,
+                r.state_reason
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a run exists that `pred` accepts, and returns it.
     pub async fn wait_run(
         &self,

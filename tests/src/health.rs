@@ -120,3 +120,20 @@ pub async fn audit_entries(cluster: &Cluster) -> Result<(String, Vec<serde_json:
     let entries = v["entries"].as_array().context("no entries array in drctl --json audit list")?.clone();
     Ok((out.stdout, entries))
 }
+
+/// Polls the audit chain until an entry `pred` accepts appears, and returns it.
+pub async fn wait_audit_entry(
+    cluster: &Cluster,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(e) = audit_entries(cluster).await?.1.into_iter().find(|e| pred(e)) {
+            return Ok(e);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "no audit entry for {what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -53,6 +53,7 @@ pub mod pdns;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod steps;
 pub mod wait;
 
 pub use agent::AgentProc;

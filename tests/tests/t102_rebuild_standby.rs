@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use drcut_agent::config::{self, Resources};
-use drcut_agent::steps::{self, StepContext, StepOutcome};
+use drcut_agent::steps::StepOutcome;
 use drcut_tests::agent::postgres_resource_yaml;
 use drcut_tests::pg::PgOptions;
 use drcut_tests::{PgPair, wait};
@@ -34,15 +34,9 @@ fn resources(pg: &PgPair) -> Result<Resources> {
     Ok(config::parse("t102-agent.yaml", &yaml)?.resources)
 }
 
+/// Runs one step and checks that nothing it reports shows a DSN or the password.
 async fn step(res: &Resources, action: &str, params: Value) -> Result<StepOutcome> {
-    let ctx = StepContext { resources: res, timeout: STEP_TIMEOUT };
-    let o = steps::execute(action, &params, &ctx).await;
-    tracing::info!(action, %params, ok = o.ok, detail = %o.detail, measurements = ?o.measurements, data = %o.data, "step");
-    let all = format!("{} {} {:?}", o.detail, o.data, o.measurements);
-    for leak in [SECRET, "password", "host=", "port="] {
-        ensure!(!all.contains(leak), "{action} reported DSN text {leak:?}: {all}");
-    }
-    Ok(o)
+    drcut_tests::steps::run_step(res, action, params, STEP_TIMEOUT, SECRET).await
 }
 
 /// Failover with split brain: the standby is promoted and written to, and the old primary,

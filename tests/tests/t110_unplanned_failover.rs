@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions, attempts, canary};
-use drcut_tests::health::audit_entries;
+use drcut_tests::health::wait_audit_entry;
 use tokio::time::Instant;
 
 const AUTOMATIC: &str = "    automatic: { enabled: true, cooldown: 10m }\n";
@@ -28,20 +28,8 @@ async fn lose_west(env: &mut Env) -> Result<Instant> {
 }
 
 async fn succeeded(env: &Env, run: &str, timeout: Duration) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let ended = match env.runs().await?.into_iter().find(|r| r.run_id == run) {
-            Some(info) if info.ended_unix_ms > 0 => Some(info),
-            _ => None,
-        };
-        if let Some(info) = ended {
-            let rec: serde_json::Value = serde_json::from_str(&info.record_json)?;
-            ensure!(info.state == "succeeded", "run {run} ended {}: {}", info.state, info.state_reason);
-            return Ok(rec);
-        }
-        ensure!(Instant::now() < deadline, "run {run} not finished within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = env.poll_run(run, timeout, "success", |r| r.state == "succeeded").await?;
+    Ok(serde_json::from_str(&info.record_json)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -87,15 +75,11 @@ async fn automatic_failover_loses_nothing_and_the_old_primary_stays_fenced() -> 
 
     tracing::info!("--- eu-west returns: its agent first (fences the data directory), then the database");
     env.agents[0].spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, entries) = audit_entries(&env.cluster).await?;
-        if entries.iter().any(|e| e["action"] == "fence.rejoin" && e["details"]["ok"] == true) {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "no successful rejoin fence within 20 s: {}", env.agents[0].log_tail(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_audit_entry(&env.cluster, Duration::from_secs(20), "a successful rejoin fence", |e| {
+        e["action"] == "fence.rejoin" && e["details"]["ok"] == true
+    })
+    .await
+    .map_err(|e| e.context(env.agents[0].log_tail(30)))?;
     env.pg.restart_primary().await?;
     env.pg.assert_primary_write_fails().await?;
 

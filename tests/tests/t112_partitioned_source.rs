@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions};
 use tokio::time::Instant;
 
@@ -24,21 +24,8 @@ async fn start_unplanned(env: &Env) -> Result<String> {
     drcut_tests::cutover::started_run_id(&out.stdout)
 }
 
-async fn run(env: &Env, id: &str) -> Result<drcut_proto::v1::RunInfo> {
-    env.runs().await?.into_iter().find(|r| r.run_id == id).context("run listed")
-}
-
 async fn wait_state(env: &Env, id: &str, state: &str, timeout: Duration) -> Result<drcut_proto::v1::RunInfo> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = run(env, id).await?;
-        if r.state == state {
-            return Ok(r);
-        }
-        ensure!(r.ended_unix_ms == 0 || state == r.state, "run ended {}: {}", r.state, r.state_reason);
-        ensure!(Instant::now() < deadline, "run {id} not {state} within {timeout:?}: {} {}", r.state, r.state_reason);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.poll_run(id, timeout, state, |r| r.state == state).await
 }
 
 async fn west_read_only(env: &Env) -> Result<bool> {
@@ -59,7 +46,7 @@ async fn without_self_fencing_the_run_holds_until_an_override_naming_the_risk() 
     let held = wait_state(&env, &id, "held", Duration::from_secs(10)).await?;
     ensure!(held.state_reason.contains("override"), "hold reason: {}", held.state_reason);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    ensure!(run(&env, &id).await?.state == "held", "still held without an override");
+    ensure!(env.run(&id).await?.state == "held", "still held without an override");
     ensure!(env.pg.scalar_standby("SELECT pg_is_in_recovery()").await?.as_deref() == Some("t"), "promoted unfenced");
     ensure!(!west_read_only(&env).await?, "nobody fenced eu-west: it still takes writes");
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions};
-use drcut_tests::health::{HEALTH_WAIT, audit_entries, wait_region};
+use drcut_tests::health::{HEALTH_WAIT, audit_entries, wait_audit_entry, wait_region};
 
 /// A `login` failover playbook from `source` to `target`, automatic with a 10 min cooldown.
 fn login_playbook(name: &str, source: &str, target: &str, target_url: &str) -> String {
@@ -63,11 +63,7 @@ async fn a_flapping_vantage_does_not_fail_over_and_a_second_loss_waits_for_an_ac
     let first =
         env.wait_run(Duration::from_secs(20), "the first automatic failover", |r| r.playbook == "login-out").await?;
     ensure!(first.requester == "system", "requester {}", first.requester);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !env.runs().await?.iter().any(|r| r.run_id == first.run_id && r.state == "succeeded") {
-        ensure!(tokio::time::Instant::now() < deadline, "first failover did not succeed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.poll_run(&first.run_id, Duration::from_secs(30), "success", |r| r.state == "succeeded").await?;
 
     tracing::info!("--- eu-west comes back; then eu-central dies inside the cooldown");
     env.pg.restart_primary().await?;
@@ -75,17 +71,12 @@ async fn a_flapping_vantage_does_not_fail_over_and_a_second_loss_waits_for_an_ac
     env.central_app.set_down(true)?;
     env.pg.stop_standby_immediate().await?;
     wait_region(&env.cluster, leader, "eu-central", "down", HEALTH_WAIT).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, entries) = audit_entries(&env.cluster).await?;
-        if let Some(e) = entries.iter().find(|e| e["action"] == "failover.suppressed") {
-            ensure!(e["details"]["reason"].as_str().unwrap_or_default().contains("cooldown"), "{e}");
-            ensure!(e["actor"] == "system", "{e}");
-            break;
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "no suppressed failover audited");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let e = wait_audit_entry(&env.cluster, Duration::from_secs(10), "a suppressed failover", |e| {
+        e["action"] == "failover.suppressed"
+    })
+    .await?;
+    ensure!(e["details"]["reason"].as_str().unwrap_or_default().contains("cooldown"), "{e}");
+    ensure!(e["actor"] == "system", "{e}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = env.runs().await?;
     ensure!(login_runs(&runs).len() == 1, "a second automatic failover ran inside the cooldown");

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions, canary};
-use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_loss_above_budget_waits_for_consent_naming_it() -> Result<()> {
@@ -27,16 +26,11 @@ async fn a_loss_above_budget_waits_for_consent_naming_it() -> Result<()> {
     env.agents[0].kill().await?;
     env.pg.stop_primary_immediate().await?;
     let run = env.wait_run(Duration::from_secs(20), "an automatic run", |r| r.requester == "system").await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let held = loop {
-        let r = env.runs().await?.into_iter().find(|r| r.run_id == run.run_id).context("run")?;
-        if r.state == "held" && r.state_reason.contains("--accept-loss") {
-            break r;
-        }
-        ensure!(r.ended_unix_ms == 0, "run ended without consent: {} {} {}", r.state, r.state_reason, r.record_json);
-        ensure!(Instant::now() < deadline, "no consent hold: {} {}", r.state, r.state_reason);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = env
+        .poll_run(&run.run_id, Duration::from_secs(20), "a consent hold", |r| {
+            r.state == "held" && r.state_reason.contains("--accept-loss")
+        })
+        .await?;
     stop.store(true, Ordering::SeqCst);
     let log = writer.await??;
     let figure = held
@@ -60,15 +54,7 @@ async fn a_loss_above_budget_waits_for_consent_naming_it() -> Result<()> {
     ensure!(out.stderr.contains(&figure), "the refusal names the loss: {}", out.stderr);
     let out = env.cluster.drctl(&["--actor", "bob", "approve", &run.run_id, "--accept-loss", &figure]).await?;
     ensure!(out.code == Some(0), "consent: {}{}", out.stdout, out.stderr);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let r = env.runs().await?.into_iter().find(|r| r.run_id == run.run_id).context("run")?;
-        if r.ended_unix_ms > 0 {
-            break r;
-        }
-        ensure!(Instant::now() < deadline, "run not finished after consent: {} {}", r.state, r.state_reason);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = env.poll_run(&run.run_id, Duration::from_secs(60), "its end", |r| r.ended_unix_ms > 0).await?;
     ensure!(done.state == "succeeded", "{} {}", done.state, done.state_reason);
     let rec: serde_json::Value = serde_json::from_str(&done.record_json)?;
     ensure!(rec["run"]["consent"].as_str().is_some_and(|c| c.starts_with("bob")), "consent: {}", rec["run"]["consent"]);

@@ -7,21 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions, canary};
-use drcut_tests::health::{HEALTH_WAIT, audit_entries, wait_region};
-use tokio::time::Instant;
+use drcut_tests::health::{HEALTH_WAIT, wait_audit_entry, wait_region};
 
 async fn wait_ended(env: &Env, run: &str, timeout: Duration) -> Result<drcut_proto::v1::RunInfo> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = env.runs().await?.into_iter().find(|r| r.run_id == run).context("run listed")?;
-        if r.ended_unix_ms > 0 {
-            return Ok(r);
-        }
-        ensure!(Instant::now() < deadline, "run {run} still {} ({}) after {timeout:?}", r.state, r.state_reason);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.poll_run(run, timeout, "its end", |r| r.ended_unix_ms > 0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,16 +33,10 @@ async fn failback_rebuilds_the_old_primary_then_moves_back() -> Result<()> {
 
     tracing::info!("--- eu-west returns fenced");
     env.agents[0].spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !audit_entries(&env.cluster)
-        .await?
-        .1
-        .iter()
-        .any(|e| e["action"] == "fence.rejoin" && e["details"]["ok"] == true)
-    {
-        ensure!(Instant::now() < deadline, "no rejoin fence");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_audit_entry(&env.cluster, Duration::from_secs(20), "a rejoin fence", |e| {
+        e["action"] == "fence.rejoin" && e["details"]["ok"] == true
+    })
+    .await?;
     env.pg.restart_primary().await?;
     env.pg.assert_primary_write_fails().await?;
     let leader = env.cluster.wait_leader(&[1, 2, 3]).await?.leader_id;

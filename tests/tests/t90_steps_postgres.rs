@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use drcut_agent::config::{self, Resources};
-use drcut_agent::steps::{self, StepContext, StepOutcome};
+use drcut_agent::steps::StepOutcome;
 use drcut_tests::PgPair;
 use drcut_tests::pg::connect;
 use serde_json::{Value, json};
@@ -44,14 +44,7 @@ fn resources(pg: &PgPair, extra: &str) -> Result<Resources> {
 
 /// Runs one step and checks that nothing it reports shows a DSN or the password.
 async fn step(res: &Resources, action: &str, params: Value, timeout: Duration) -> Result<StepOutcome> {
-    let ctx = StepContext { resources: res, timeout };
-    let o = steps::execute(action, &params, &ctx).await;
-    tracing::info!(action, %params, ok = o.ok, detail = %o.detail, measurements = ?o.measurements, data = %o.data, "step");
-    let all = format!("{} {} {:?}", o.detail, o.data, o.measurements);
-    for leak in [SECRET, "password", "host=", "port="] {
-        ensure!(!all.contains(leak), "{action} reported DSN text {leak:?}: {all}");
-    }
-    Ok(o)
+    drcut_tests::steps::run_step(res, action, params, timeout, SECRET).await
 }
 
 fn measurement(o: &StepOutcome, name: &str) -> Result<f64> {

@@ -287,7 +287,7 @@ impl Control for ControlService {
             return Err(Status::failed_precondition(format!("cannot start: {}", blockers.join("; "))));
         }
         let record =
-            crate::failover::new_record(&stored, &resolved, mode, &ctx.actor, r.reason, ctx.request_id.clone(), false)?;
+            crate::failover::new_record(&stored, &resolved, mode, &ctx.actor, r.reason, ctx.request_id.clone(), false);
         let id = record.run.id.clone();
         let resp = super::runs::write(&self.app, ctx, Command::CreateRun { record: Box::new(record) }).await?;
         let id = match &resp.outcome {

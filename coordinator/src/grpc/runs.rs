@@ -164,7 +164,7 @@ pub async fn preflight(
 ) -> (Vec<String>, Vec<String>) {
     use prost::Message;
     let unplanned = mode == crate::run::RunMode::Unplanned;
-    let mut out = crate::failover::unplanned_blockers(app, r);
+    let mut out = crate::failover::rebuild_blockers(app, r);
     let mut info = Vec::new();
     if unplanned && r.failover.is_none() {
         out.push(format!("playbook {} has no spec.failover: it cannot run unplanned", r.name));
