@@ -22,6 +22,7 @@ pub mod client;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod drill;
 pub mod engine;
 pub mod failover;
 pub mod grpc;
