@@ -97,6 +97,37 @@ pub enum Command {
         /// Their note.
         note: String,
     },
+    /// Stores a validated drill file (the latest version of a name replaces the previous one).
+    ApplyDrill {
+        /// The stored drill.
+        drill: StoredDrill,
+    },
+    /// Starts a drill run (manual, or a scheduled occurrence: then at most once per occurrence).
+    StartDrill {
+        /// The new drill run.
+        record: Box<crate::drill::DrillRun>,
+    },
+    /// The scheduler skips an occurrence (blackout, missed window) and records why.
+    SkipDrill {
+        /// The drill.
+        drill: String,
+        /// The occurrence (UTC ms).
+        occurrence_ms: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Changes a drill run (the drill engine's intents and observations).
+    UpdateDrill {
+        /// The drill run.
+        id: String,
+        /// What happens to it.
+        op: crate::drill::DrillOp,
+    },
+    /// Stops every active drill: their faults are reverted at once.
+    HaltDrills {
+        /// Why.
+        reason: String,
+    },
     /// Records an event that changes no other state (e.g. who asked for a membership change).
     Record {
         /// Dotted action name.
@@ -120,6 +151,11 @@ impl Command {
             Command::FenceDone { .. } => "fence.rejoin",
             Command::FailoverSuppressed { .. } => "failover.suppressed",
             Command::AckFailover { .. } => "failover.acknowledged",
+            Command::ApplyDrill { .. } => "drill.apply",
+            Command::StartDrill { .. } => "drill.start",
+            Command::SkipDrill { .. } => "drill.skip",
+            Command::UpdateDrill { op, .. } => op.action(),
+            Command::HaltDrills { .. } => "drill.halt",
             Command::Record { action, .. } => action,
         }
     }
@@ -165,6 +201,25 @@ pub struct StoredPlaybook {
     pub applied_ms: i64,
     /// By whom.
     pub applied_by: String,
+}
+
+/// A drill file as stored (by name: the latest version applies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDrill {
+    /// metadata.name.
+    pub name: String,
+    /// SHA-256 of the text.
+    pub hash: String,
+    /// The YAML text.
+    pub text: String,
+    /// When (leader time).
+    pub applied_ms: i64,
+    /// By whom.
+    pub applied_by: String,
+    /// The newest schedule occurrence already fired or skipped (UTC ms): the scheduler never
+    /// handles an occurrence twice, whichever node leads.
+    #[serde(default)]
+    pub last_occurrence_ms: Option<i64>,
 }
 
 /// A run with what it was started from.
@@ -494,6 +549,11 @@ pub enum Outcome {
     Playbook {
         /// Content hash.
         hash: String,
+    },
+    /// The drill run as stored.
+    Drill {
+        /// Drill run id.
+        id: String,
     },
     /// The agent as registered.
     Agent {

@@ -7,8 +7,10 @@
 use crate::audit::{AuditEntry, GENESIS_HASH};
 use crate::command::{
     AgentRecord, CheckStatus, CheckTransition, ClusterMeta, Command, FenceOrder, HealthState, Outcome, Region,
-    RegionStatus, RegionTransition, Rejection, Request, Response, Role, RunOp, RunRecord, ServiceState, StoredPlaybook,
+    RegionStatus, RegionTransition, Rejection, Request, Response, Role, RunOp, RunRecord, ServiceState, StoredDrill,
+    StoredPlaybook,
 };
+use crate::drill::{DrillRun, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -28,11 +30,15 @@ pub struct Core {
     /// Latest leader time seen in the log; stamps audit entries of entries that carry no time
     /// of their own (membership changes), keeping them deterministic.
     pub clock_ms: i64,
+    /// How many times `drctl drill halt` was committed: a leader that has not broadcast the
+    /// newest halt to every agent does so.
+    #[serde(default)]
+    pub drill_halts: u64,
 }
 
 impl Default for Core {
     fn default() -> Self {
-        Core { cluster: None, audit_len: 0, audit_head: GENESIS_HASH.to_string(), clock_ms: 0 }
+        Core { cluster: None, audit_len: 0, audit_head: GENESIS_HASH.to_string(), clock_ms: 0, drill_halts: 0 }
     }
 }
 
@@ -64,6 +70,10 @@ pub enum Change {
     Run(Box<RunRecord>),
     /// A service's failover state changed.
     Service(ServiceState),
+    /// A drill file was stored (or its schedule marker moved).
+    Drill(StoredDrill),
+    /// A drill run was created or changed.
+    DrillRun(Box<DrillRun>),
 }
 
 /// The replicated state (audit entries live in the store; only the chain's head is here).
@@ -87,6 +97,10 @@ pub struct State {
     pub runs: BTreeMap<String, RunRecord>,
     /// Failover state by service.
     pub services: BTreeMap<String, ServiceState>,
+    /// Drill files by name.
+    pub drills: BTreeMap<String, StoredDrill>,
+    /// Drill runs by id.
+    pub drill_runs: BTreeMap<String, DrillRun>,
     /// Request ids by the log index that first applied them, oldest first (for eviction).
     pub(crate) request_order: BTreeMap<u64, String>,
 }
@@ -392,6 +406,98 @@ impl State {
                 self.audit(log_index, req.at_ms, &req.actor, "failover.acknowledged", details, changes);
                 Ok(Outcome::Done)
             }
+            Command::ApplyDrill { drill } => {
+                validate_name("drill.name", &drill.name).map_err(|m| (Rejection::InvalidArgument, m))?;
+                let mut d = drill.clone();
+                d.applied_ms = req.at_ms;
+                d.applied_by = req.actor.clone();
+                // A new version keeps the schedule marker: re-applying never re-fires an occurrence.
+                d.last_occurrence_ms = self.drills.get(&d.name).and_then(|o| o.last_occurrence_ms);
+                let details = serde_json::json!({"name": d.name, "hash": d.hash});
+                self.drills.insert(d.name.clone(), d.clone());
+                changes.push(Change::Drill(d));
+                self.audit(log_index, req.at_ms, &req.actor, "drill.apply", details, changes);
+                Ok(Outcome::Done)
+            }
+            Command::StartDrill { record } => {
+                let Some(stored) = self.drills.get(&record.drill).cloned() else {
+                    return Err((
+                        Rejection::FailedPrecondition,
+                        format!("no drill {:?}; apply it first (drctl drill apply FILE)", record.drill),
+                    ));
+                };
+                if let Some(active) = self.drill_runs.values().find(|d| !d.is_done()) {
+                    return Err((
+                        Rejection::FailedPrecondition,
+                        format!("drill run {} ({}) is active; one drill at a time", active.id, active.drill),
+                    ));
+                }
+                if self.drill_runs.contains_key(&record.id) {
+                    return Err((Rejection::AlreadyExists, format!("drill run {} exists", record.id)));
+                }
+                self.take_occurrence(&stored, &record.trigger, changes)?;
+                let mut rec = (**record).clone();
+                rec.created_ms = req.at_ms;
+                rec.state_since_ms = req.at_ms;
+                rec.revision = log_index;
+                let details = serde_json::json!({
+                    "id": rec.id, "drill": rec.drill, "drill_hash": rec.drill_hash, "trigger": rec.trigger,
+                });
+                self.drill_runs.insert(rec.id.clone(), rec.clone());
+                changes.push(Change::DrillRun(Box::new(rec)));
+                self.audit(log_index, req.at_ms, &req.actor, "drill.start", details, changes);
+                Ok(Outcome::Drill { id: record.id.clone() })
+            }
+            Command::SkipDrill { drill, occurrence_ms, reason } => {
+                let Some(stored) = self.drills.get(drill).cloned() else {
+                    return Err((Rejection::FailedPrecondition, format!("no drill {drill:?}")));
+                };
+                let trigger = Trigger::Schedule { occurrence_ms: *occurrence_ms, late: false };
+                self.take_occurrence(&stored, &trigger, changes)?;
+                let details = serde_json::json!({"drill": drill, "occurrence_ms": occurrence_ms, "reason": reason});
+                self.audit(log_index, req.at_ms, &req.actor, "drill.skip", details, changes);
+                Ok(Outcome::Done)
+            }
+            Command::UpdateDrill { id, op } => {
+                let Some(mut rec) = self.drill_runs.get(id).cloned() else {
+                    return Err((Rejection::InvalidArgument, format!("no drill run {id:?}")));
+                };
+                let applied = rec.apply(op, req.at_ms).map_err(|m| (Rejection::FailedPrecondition, m))?;
+                if !applied {
+                    return Ok(Outcome::Drill { id: id.clone() });
+                }
+                rec.revision = log_index;
+                self.drill_runs.insert(id.clone(), rec.clone());
+                changes.push(Change::DrillRun(Box::new(rec.clone())));
+                if op.audited() {
+                    let mut details = serde_json::to_value(op).unwrap_or_default();
+                    if let Some(o) = details.as_object_mut() {
+                        o.insert("id".into(), serde_json::json!(id));
+                        // The report is kept in the run; the chain pins its hash.
+                        if let Some(r) = o.remove("report") {
+                            use sha2::Digest;
+                            let text = serde_json::to_string(&r).unwrap_or_default();
+                            let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+                            o.insert("report_sha256".into(), serde_json::json!(hash));
+                        }
+                    }
+                    self.audit(log_index, req.at_ms, &req.actor, op.action(), details, changes);
+                }
+                Ok(Outcome::Drill { id: id.clone() })
+            }
+            Command::HaltDrills { reason } => {
+                self.core.drill_halts += 1;
+                let mut halted = Vec::new();
+                for d in self.drill_runs.values_mut().filter(|d| !d.is_done() && d.halt.is_none()) {
+                    d.halt = Some(reason.clone());
+                    d.revision = log_index;
+                    halted.push(d.id.clone());
+                    changes.push(Change::DrillRun(Box::new(d.clone())));
+                }
+                let details = serde_json::json!({"reason": reason, "drill_runs": halted});
+                self.audit(log_index, req.at_ms, &req.actor, "drill.halt", details, changes);
+                Ok(Outcome::Done)
+            }
             Command::Record { action, details } => {
                 if action.is_empty() {
                     return Err((Rejection::InvalidArgument, "record: action is empty".into()));
@@ -400,6 +506,27 @@ impl State {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// A scheduled trigger claims its occurrence: each occurrence fires or is skipped once.
+    fn take_occurrence(
+        &mut self,
+        stored: &StoredDrill,
+        trigger: &Trigger,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), (Rejection, String)> {
+        let Trigger::Schedule { occurrence_ms, .. } = trigger else { return Ok(()) };
+        if stored.last_occurrence_ms.is_some_and(|l| l >= *occurrence_ms) {
+            return Err((
+                Rejection::AlreadyExists,
+                format!("drill {}: occurrence {occurrence_ms} was already handled", stored.name),
+            ));
+        }
+        let mut d = stored.clone();
+        d.last_occurrence_ms = Some(*occurrence_ms);
+        self.drills.insert(d.name.clone(), d.clone());
+        changes.push(Change::Drill(d));
+        Ok(())
     }
 
     fn service_mut(&mut self, service: &str) -> &mut ServiceState {

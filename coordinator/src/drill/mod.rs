@@ -6,3 +6,6 @@ pub use spec::*;
 pub mod record;
 
 pub use record::*;
+pub mod ops;
+
+pub use ops::*;

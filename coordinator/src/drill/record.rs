@@ -261,6 +261,23 @@ pub struct DrillRun {
     pub report: Option<serde_json::Value>,
     /// Log index of the last change.
     pub revision: u64,
+    /// `drctl drill halt` asked it to stop (why).
+    #[serde(default)]
+    pub halt: Option<String>,
+    /// Stopped early (guardrail, deadline, a fault that would not inject).
+    #[serde(default)]
+    pub abort: Option<Abort>,
+}
+
+/// Why and how a drill stopped early.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Abort {
+    /// Why.
+    pub reason: String,
+    /// Past the point of no return: held for an operator, no automatic restore.
+    pub hold: bool,
+    /// When (leader time).
+    pub at_ms: i64,
 }
 
 impl DrillRun {

@@ -10,8 +10,9 @@
 use super::{IoMode, blocking, io_err};
 use crate::audit::AuditEntry;
 use crate::command::{
-    AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, ServiceState, StoredPlaybook,
+    AgentRecord, CheckStatus, Region, RegionStatus, Response, RunRecord, ServiceState, StoredDrill, StoredPlaybook,
 };
+use crate::drill::DrillRun;
 use crate::state::{Change, Core, State};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, TryStreamExt};
@@ -36,10 +37,12 @@ const REGION_HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("region
 const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const DRILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drills");
+const DRILL_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("drill_runs");
 
 /// The string-keyed JSON tables, in the order snapshots and loads walk them.
-const KV_TABLES: [TableDefinition<&str, &[u8]>; 9] =
-    [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES, META];
+const KV_TABLES: [TableDefinition<&str, &[u8]>; 11] =
+    [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES, DRILLS, DRILL_RUNS, META];
 
 const CORE: &str = "core";
 const APPLIED: &str = "applied";
@@ -108,6 +111,10 @@ struct SnapshotBody {
     runs: BTreeMap<String, RunRecord>,
     #[serde(default)]
     services: BTreeMap<String, ServiceState>,
+    #[serde(default)]
+    drills: BTreeMap<String, StoredDrill>,
+    #[serde(default)]
+    drill_runs: BTreeMap<String, DrillRun>,
 }
 
 impl StateMachineStore {
@@ -193,6 +200,8 @@ fn load(txn: &ReadTransaction) -> io::Result<Applied> {
         playbooks: read_table(txn, PLAYBOOKS)?,
         runs: read_table(txn, RUNS)?,
         services: read_table(txn, SERVICES)?,
+        drills: read_table(txn, DRILLS)?,
+        drill_runs: read_table(txn, DRILL_RUNS)?,
         ..Default::default()
     };
     let last_applied: Option<LogId> = get_json::<Option<LogId>>(txn, APPLIED)?.flatten();
@@ -247,7 +256,9 @@ fn persist(
                 | Change::RegionHealth(..)
                 | Change::Playbook(_)
                 | Change::Run(_)
-                | Change::Service(_) => {}
+                | Change::Service(_)
+                | Change::Drill(_)
+                | Change::DrillRun(_) => {}
             }
         }
     }
@@ -259,6 +270,8 @@ fn persist(
             Change::Playbook(p) => put_row(txn, PLAYBOOKS, &p.hash, p)?,
             Change::Run(r) => put_row(txn, RUNS, &r.run.id, r)?,
             Change::Service(sv) => put_row(txn, SERVICES, &sv.service, sv)?,
+            Change::Drill(d) => put_row(txn, DRILLS, &d.name, d)?,
+            Change::DrillRun(d) => put_row(txn, DRILL_RUNS, &d.id, d)?,
             _ => {}
         }
     }
@@ -313,6 +326,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 playbooks: mem.state.playbooks.clone(),
                 runs: mem.state.runs.clone(),
                 services: mem.state.services.clone(),
+                drills: mem.state.drills.clone(),
+                drill_runs: mem.state.drill_runs.clone(),
             };
             let data = seal(&serde_json::to_vec(&body).map_err(io_err)?);
             let meta = SnapshotMeta { last_log_id: mem.last_applied, last_membership: mem.membership };
@@ -406,7 +421,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sh = self.shared.clone();
         let mem = blocking(sh.io, move || {
             let txn = sh.db.begin_write().map_err(io_err)?;
-            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES] {
+            for t in [REGIONS, REQUESTS, AGENTS, CHECKS, REGION_HEALTH, PLAYBOOKS, RUNS, SERVICES, DRILLS, DRILL_RUNS] {
                 txn.delete_table(t).map_err(io_err)?;
             }
             txn.delete_table(AUDIT).map_err(io_err)?;
@@ -423,6 +438,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .chain(body.playbooks.values().cloned().map(Change::Playbook))
                 .chain(body.runs.values().cloned().map(|r| Change::Run(Box::new(r))))
                 .chain(body.services.values().cloned().map(Change::Service))
+                .chain(body.drills.values().cloned().map(Change::Drill))
+                .chain(body.drill_runs.values().cloned().map(|d| Change::DrillRun(Box::new(d))))
                 .collect();
             persist(&txn, &changes, &body.core, &body.last_applied, &body.membership)?;
             put_json(&txn, SNAPSHOT_META, &meta)?;
@@ -438,6 +455,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 playbooks: body.playbooks,
                 runs: body.runs,
                 services: body.services,
+                drills: body.drills,
+                drill_runs: body.drill_runs,
                 ..Default::default()
             };
             Ok(Applied { state: state.reindexed(), last_applied: body.last_applied, membership: body.membership })
@@ -526,6 +545,30 @@ impl StateView {
             .mem
             .read()
             .map(|m| m.state.runs.values().filter(|r| !r.run.state.is_terminal()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Drill files by name.
+    pub fn drills(&self) -> BTreeMap<String, StoredDrill> {
+        self.shared.mem.read().map(|m| m.state.drills.clone()).unwrap_or_default()
+    }
+
+    /// All drill runs by id.
+    pub fn drill_runs(&self) -> BTreeMap<String, DrillRun> {
+        self.shared.mem.read().map(|m| m.state.drill_runs.clone()).unwrap_or_default()
+    }
+
+    /// One drill run.
+    pub fn drill_run(&self, id: &str) -> Option<DrillRun> {
+        self.shared.mem.read().ok().and_then(|m| m.state.drill_runs.get(id).cloned())
+    }
+
+    /// Drill runs that have not ended.
+    pub fn active_drills(&self) -> Vec<DrillRun> {
+        self.shared
+            .mem
+            .read()
+            .map(|m| m.state.drill_runs.values().filter(|d| !d.is_done()).cloned().collect())
             .unwrap_or_default()
     }
 
