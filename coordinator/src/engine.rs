@@ -35,6 +35,8 @@ pub struct Engine {
     /// Automatic policies of stored playbooks by content hash (None: none or off).
     pub automatic_cache:
         Mutex<BTreeMap<String, Option<(crate::playbook::ResolvedPlaybook, crate::playbook::Automatic)>>>,
+    /// The drill engine's leader-local memory.
+    pub drill: crate::drill::engine::DrillMem,
 }
 
 /// The step index of a rejoin fence (no step of any plan: the agent records it apart).
@@ -76,6 +78,39 @@ impl Engine {
     /// Whether `agent` has a session able to take commands.
     pub fn is_attached(&self, agent: &str) -> bool {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(agent).is_some_and(|(_, tx)| !tx.is_closed())
+    }
+
+    /// Agents with an open session, and their regions.
+    pub fn attached_agents(&self) -> Vec<(String, String)> {
+        let g = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().filter(|(_, (_, tx))| !tx.is_closed()).map(|(a, (r, _))| (a.clone(), r.clone())).collect()
+    }
+
+    /// Agents of `region` with an open session.
+    pub fn region_agents(&self, region: &str) -> Vec<String> {
+        self.attached_agents().into_iter().filter(|(_, r)| r == region).map(|(a, _)| a).collect()
+    }
+
+    /// Whether some agent of `region` has an open session.
+    pub fn region_attached(&self, region: &str) -> bool {
+        self.agent_for(region).is_some()
+    }
+
+    /// Sends a command to one agent (false: no open session, or its queue is full).
+    pub fn send_to_agent(&self, agent: &str, cmd: StepCommand) -> bool {
+        let tx = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(agent).map(|(_, tx)| tx.clone());
+        tx.is_some_and(|tx| tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) })).is_ok())
+    }
+
+    /// Sends a command to an agent of `region` (false: none connected).
+    pub fn send_to_region(&self, region: &str, cmd: StepCommand) -> bool {
+        self.agent_for(region)
+            .is_some_and(|(_, tx)| tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) })).is_ok())
+    }
+
+    /// A fresh fencing token of this leader's term.
+    pub fn fencing_token(&self, term: u64) -> u64 {
+        self.token(term)
     }
 
     fn agent_for(&self, region: &str) -> Option<(String, Outbound)> {
@@ -310,6 +345,9 @@ async fn on_rejoin_result(app: &AppRef, r: StepResult) {
 pub async fn on_result(app: &AppRef, r: StepResult) {
     if r.step_index == REJOIN_STEP {
         return on_rejoin_result(app, r).await;
+    }
+    if r.step_index == crate::drill::engine::FAULT_STEP {
+        return crate::drill::engine::on_fault_result(app, r).await;
     }
     let work = Work {
         step: r.step_index as usize,

@@ -491,6 +491,7 @@ where
     tokio::spawn(ensure_cluster_identity(app.clone()));
     tokio::spawn(health_ticker(app.clone(), Duration::from_millis(cfg.health.tick_ms)));
     tokio::spawn(crate::engine::run(app.clone()));
+    tokio::spawn(crate::drill::engine::run(app.clone()));
     if let Some(addr) = cfg.http_listen {
         let l =
             TcpListener::bind(addr).await.map_err(|e| cfg.error("http_listen", format!("cannot bind {addr}: {e}")))?;

@@ -6,6 +6,12 @@ pub use spec::*;
 pub mod record;
 
 pub use record::*;
+pub mod canary;
+mod parse;
+pub mod report;
+pub mod schedule;
+pub mod engine;
+pub mod observe;
 pub mod ops;
 
 pub use ops::*;

@@ -202,7 +202,7 @@ impl DrillRun {
                         f.detail = detail.clone();
                         format!("fault {fault} could not be injected: {detail}")
                     }
-                    (true, true) if f.reverted_ms == 0 && f.injected_ms != 0 => {
+                    (true, true) if f.reverted_ms == 0 && (f.injected_ms != 0 || f.dispatched_ms != 0) => {
                         f.reverted_ms = at;
                         f.detail = detail.clone();
                         format!("fault {fault} reverted: {detail}")
