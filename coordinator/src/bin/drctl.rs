@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[path = "drctl/drill.rs"]
+mod drill;
+
 /// Operate a drcut coordinator cluster.
 #[derive(Parser)]
 #[command(version, about)]
@@ -87,6 +90,9 @@ enum Cmd {
         #[arg(long, default_value = "halt")]
         reason: String,
     },
+    /// GameDay drills: schedules, runs, reports, halt.
+    #[command(subcommand)]
+    Drill(drill::DrillCmd),
     /// Region health: the regions x checks x vantage board, or a live stream of transitions.
     Health {
         #[command(subcommand)]
@@ -332,6 +338,7 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
     let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout));
     match &cli.cmd {
         Cmd::Status { linearizable } => status(cli, &client, *linearizable).await,
+        Cmd::Drill(d) => drill::run(cli, &client, d).await,
         Cmd::Cluster(c) => {
             let reply = match c {
                 ClusterCmd::AddLearner { id, addr } => {

@@ -100,7 +100,8 @@ pub fn config(spec: &CanarySpec) -> Result<tokio_postgres::Config, String> {
         cfg.connect_timeout(STATEMENT_TIMEOUT);
     }
     if let Some(var) = &spec.password_env {
-        let pw = std::env::var(var).map_err(|_| format!("canary.password_env: {var} is not set on this coordinator"))?;
+        let pw =
+            std::env::var(var).map_err(|_| format!("canary.password_env: {var} is not set on this coordinator"))?;
         cfg.password(pw);
     }
     Ok(cfg)
@@ -129,7 +130,9 @@ pub async fn prepare(spec: &CanarySpec) -> Result<String, String> {
     client.batch_execute(&sql).await.map_err(|e| format!("creating {}: {e}", spec.table))?;
     let row = client.query_one("SELECT inet_server_addr()::text, inet_server_port()", &[]).await;
     Ok(match row {
-        Ok(r) => format!("{}:{}", r.get::<_, Option<String>>(0).unwrap_or_default(), r.get::<_, Option<i32>>(1).unwrap_or(0)),
+        Ok(r) => {
+            format!("{}:{}", r.get::<_, Option<String>>(0).unwrap_or_default(), r.get::<_, Option<i32>>(1).unwrap_or(0))
+        }
         Err(_) => "the primary".into(),
     })
 }
@@ -224,7 +227,9 @@ pub async fn verify(
                     detail: format!("got {got}, expected {}", q.expect),
                 }
             }
-            Err(e) => super::record::CheckLine { name: q.name.clone(), ok: false, detail: format!("query failed: {e}") },
+            Err(e) => {
+                super::record::CheckLine { name: q.name.clone(), ok: false, detail: format!("query failed: {e}") }
+            }
         };
         lines.push(line);
     }

@@ -54,7 +54,10 @@ pub struct DrillMem {
 impl DrillMem {
     /// An agent's heartbeat listed these active faults (`run_id/fault_id`).
     pub fn heartbeat(&self, agent: &str, at_ms: i64, active: Vec<String>) {
-        self.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.to_string(), (at_ms, active.into_iter().collect()));
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.to_string(), (at_ms, active.into_iter().collect()));
     }
 
     fn forget(&self) {
@@ -216,7 +219,11 @@ pub async fn on_fault_result(app: &AppRef, r: StepResult) {
     let Some(fault) = usize::try_from(r.phase).ok().and_then(|i| d.spec.faults.get(i)) else { return };
     if !r.ok {
         // Let the next attempt go out at once.
-        app.engine.drill.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&(d.id.clone(), fault.id.clone(), r.compensation));
+        app.engine.drill.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&(
+            d.id.clone(),
+            fault.id.clone(),
+            r.compensation,
+        ));
     }
     let op = DrillOp::FaultResult { fault: fault.id.clone(), revert: r.compensation, ok: r.ok, detail: r.detail };
     commit(app, &d.id, op).await;
@@ -370,7 +377,8 @@ pub async fn preflight_lines(app: &AppRef, spec: &Drill) -> Vec<CheckLine> {
             },
         });
     }
-    let active: Vec<String> = app.view.active_runs().into_iter().filter(|r| r.run.service == spec.service).map(|r| r.run.id).collect();
+    let active: Vec<String> =
+        app.view.active_runs().into_iter().filter(|r| r.run.service == spec.service).map(|r| r.run.id).collect();
     lines.push(CheckLine {
         name: format!("no run active for {}", spec.service),
         ok: active.is_empty(),
@@ -382,7 +390,11 @@ pub async fn preflight_lines(app: &AppRef, spec: &Drill) -> Vec<CheckLine> {
         lines.push(CheckLine {
             name: format!("agent connected in {region}"),
             ok,
-            detail: if ok { "connected".into() } else { format!("no agent of {region} holds a session with the leader") },
+            detail: if ok {
+                "connected".into()
+            } else {
+                format!("no agent of {region} holds a session with the leader")
+            },
         });
     }
     if let Some(c) = &spec.canary {
@@ -580,7 +592,10 @@ async fn start_response(app: &AppRef, d: &DrillRun, injected: i64, now: i64) {
         .min_by_key(|r| r.created_ms);
     if let Some(r) = adopted {
         if r.reason != reason && matches!(d.spec.response, Response::Playbook { .. }) {
-            let text = format!("run {} (automatic: {}) started before the drill's playbook and was adopted", r.run.id, r.automatic);
+            let text = format!(
+                "run {} (automatic: {}) started before the drill's playbook and was adopted",
+                r.run.id, r.automatic
+            );
             commit(app, &d.id, DrillOp::Deviation { text }).await;
         }
         commit(app, &d.id, DrillOp::Link { purpose: Purpose::Response, run_id: r.run.id }).await;
@@ -707,7 +722,10 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
     {
         if abort.hold {
             if !d.deviations.iter().any(|x| x.starts_with("paged:")) {
-                let text = format!("paged: run {} is past its point of no return; an operator must finish or restore it", r.run.id);
+                let text = format!(
+                    "paged: run {} is past its point of no return; an operator must finish or restore it",
+                    r.run.id
+                );
                 page(app, d, &text).await;
                 commit(app, &d.id, DrillOp::Deviation { text }).await;
             }
@@ -729,7 +747,9 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
         match d.restore_run.as_deref().and_then(|id| app.view.run(id)) {
             None if !timed_out => {
                 let reason = format!("GameDay drill {} ({}): restore", d.id, d.drill);
-                if let Err(text) = start_playbook(app, d, pb, &d.spec.restore.params, RunMode::Planned, reason, now).await {
+                if let Err(text) =
+                    start_playbook(app, d, pb, &d.spec.restore.params, RunMode::Planned, reason, now).await
+                {
                     // Health may need a moment after the faults are reverted: retry until the timeout.
                     tracing::info!(drill_run = %d.id, "restore not started yet: {text}");
                 }
@@ -760,7 +780,10 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             })
             .collect();
         let settled = d.state_since_ms.max(started);
-        if lines.iter().all(|l| l.ok) || now > settled + STEADY_AFTER_WAIT_MS.min(d.spec.restore.timeout_ms as i64) || timed_out {
+        if lines.iter().all(|l| l.ok)
+            || now > settled + STEADY_AFTER_WAIT_MS.min(d.spec.restore.timeout_ms as i64)
+            || timed_out
+        {
             commit(app, &d.id, DrillOp::SteadyAfter { lines }).await;
         }
         return;
@@ -804,12 +827,8 @@ async fn finish(app: &AppRef, d: &DrillRun, outcome: DrillOutcome, detail: Strin
     done.ended_ms = now;
     let resp = response(app, d);
     let rest = d.restore_run.as_deref().and_then(|id| app.view.run(id));
-    let mut previous: Vec<DrillRun> = app
-        .view
-        .drill_runs()
-        .into_values()
-        .filter(|x| x.drill == d.drill && x.id != d.id && x.is_done())
-        .collect();
+    let mut previous: Vec<DrillRun> =
+        app.view.drill_runs().into_values().filter(|x| x.drill == d.drill && x.id != d.id && x.is_done()).collect();
     previous.sort_by_key(|x| std::cmp::Reverse(x.created_ms));
     let report = super::report::build(&super::report::ReportInputs {
         run: &done,

@@ -8,10 +8,11 @@ pub mod record;
 pub use record::*;
 pub mod canary;
 mod parse;
-pub mod report;
-pub mod schedule;
+pub use parse::{check_refs, hash, plan_text};
 pub mod engine;
 pub mod observe;
 pub mod ops;
+pub mod report;
+pub mod schedule;
 
 pub use ops::*;

@@ -137,7 +137,8 @@ mod tests {
         check("a2", "eu-north", "api", "eu-west", HealthState::Degraded, 450);
         check("a1", "eu-central", "login", "eu-central", HealthState::Up, 10);
         check("a3", "eu-west", "psp", "eu-west", HealthState::Down, 100);
-        r.region_health.insert("eu-west".into(), RegionStatus { state: HealthState::Down, since_ms: 700, reason: "x".into() });
+        r.region_health
+            .insert("eu-west".into(), RegionStatus { state: HealthState::Down, since_ms: 700, reason: "x".into() });
         r
     }
 

@@ -412,7 +412,10 @@ mod tests {
         assert_eq!(r.apply(&m(30), 31), Ok(true));
         assert_eq!(r.apply(&m(40), 41), Ok(false));
         assert_eq!(r.milestones[milestone::REGION_DOWN], 30);
-        assert!(r.apply(&DrillOp::FaultResult { fault: "nope".into(), revert: true, ok: true, detail: String::new() }, 1).is_err());
+        assert!(
+            r.apply(&DrillOp::FaultResult { fault: "nope".into(), revert: true, ok: true, detail: String::new() }, 1)
+                .is_err()
+        );
     }
 
     #[test]

@@ -6,3 +6,20 @@ impl Drill {
         Err(format!("{file}: stub"))
     }
 }
+/// Stub.
+pub fn check_refs(
+    _d: &Drill,
+    _r: &std::collections::BTreeSet<String>,
+    _p: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    vec![]
+}
+/// Stub.
+pub fn hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+/// Stub.
+pub fn plan_text(_d: &Drill) -> String {
+    String::new()
+}

@@ -152,6 +152,7 @@ impl AgentLink for AgentLinkService {
                     msg = inbound.next() => match msg {
                         Some(Ok(AgentMessage { body: Some(AgentBody::Heartbeat(hb)) })) => {
                             app.hub.seen(&agent, now_ms());
+                            app.engine.drill.heartbeat(&agent, now_ms(), hb.active_faults.clone());
                             // A lease only from a leader that still holds a quorum: a deposed
                             // leader cut off with the agent must not keep it from self-fencing.
                             let quorum = tokio::time::timeout(LEASE_CONFIRM, app.raft.ensure_linearizable(

@@ -432,6 +432,36 @@ impl Control for ControlService {
         Ok(Response::new(pb::ListRunsReply { runs: out }))
     }
 
+    async fn apply_drill(&self, req: Request<pb::ApplyDrillRequest>) -> Result<Response<pb::ApplyDrillReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        super::drills::apply(&self.app, ctx, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_drills(&self, _req: Request<pb::ListDrillsRequest>) -> Result<Response<pb::ListDrillsReply>, Status> {
+        Ok(Response::new(super::drills::list(&self.app)))
+    }
+
+    async fn run_drill(&self, req: Request<pb::RunDrillRequest>) -> Result<Response<pb::DrillRunInfo>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        super::drills::run(&self.app, ctx, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_drill_run(&self, req: Request<pb::GetDrillRunRequest>) -> Result<Response<pb::DrillRunInfo>, Status> {
+        super::drills::get(&self.app, &req.get_ref().id).map(Response::new)
+    }
+
+    async fn list_drill_runs(
+        &self,
+        req: Request<pb::ListDrillRunsRequest>,
+    ) -> Result<Response<pb::ListDrillRunsReply>, Status> {
+        Ok(Response::new(super::drills::list_runs(&self.app, req.get_ref())))
+    }
+
+    async fn halt_drills(&self, req: Request<pb::HaltDrillsRequest>) -> Result<Response<pb::HaltDrillsReply>, Status> {
+        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        super::drills::halt(&self.app, ctx, req.into_inner()).await.map(Response::new)
+    }
+
     async fn get_health(&self, _req: Request<pb::GetHealthRequest>) -> Result<Response<pb::HealthBoard>, Status> {
         use prost::Message;
         // Live values are in the leader's memory; without a reachable leader, answer the

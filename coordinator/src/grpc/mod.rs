@@ -3,6 +3,7 @@
 
 mod agent_link;
 mod control;
+mod drills;
 mod raft_transport;
 pub mod runs;
 
