@@ -6,3 +6,4 @@ pub use spec::*;
 pub mod record;
 
 pub use record::*;
+pub mod report;
