@@ -309,7 +309,7 @@ fn grade_all(run: &DrillRun, response: Option<&RunRecord>) -> Vec<Graded> {
         let (ok, detail) = if run.steady_after.is_empty() {
             (false, "not checked".to_string())
         } else if failing.is_empty() {
-            (true, format!("all {} probes hold", run.steady_after.len()))
+            (true, format!("{n} of {n} probes hold", n = run.steady_after.len()))
         } else {
             (false, format!("failing: {}", failing.join(", ")))
         };
@@ -1011,12 +1011,17 @@ pub fn markdown(report: &Value) -> String {
             s(&resp["playbook"]),
             s(&resp["state"])
         );
+        let mut facts = false;
         for (label, key) in [("Loss at promotion", "loss"), ("Fencing", "fencing"), ("Loss consented by", "consent")] {
             if let Some(v) = resp[key].as_str() {
                 let _ = writeln!(md, "- {label}: {v}");
+                facts = true;
             }
         }
-        md.push_str("\n| Step | Action | Region | Duration | Attempts | Result |\n|---|---|---|---:|---:|---|\n");
+        if facts {
+            md.push('\n');
+        }
+        md.push_str("| Step | Action | Region | Duration | Attempts | Result |\n|---|---|---|---:|---:|---|\n");
         for st in resp["steps"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 md,

@@ -848,3 +848,33 @@ fn durations_round_to_hundredths() {
     assert_eq!(offset(1_234), "T+1.234 s");
     assert_eq!(offset(-50), "T−0.050 s");
 }
+
+#[test]
+fn response_run_shows_fencing_and_loss() {
+    let run = passed_run("r1");
+    let mut resp = response("run-17", RunState::Succeeded);
+    resp.run.fencing =
+        Some(crate::run::Fencing { how: "quorum_down".into(), detail: "eu-west down from 2 of 3 vantages".into() });
+    resp.run.loss = Some(crate::run::Loss {
+        known: true,
+        bytes: 0,
+        seconds: 0.0,
+        synchronous: true,
+        evidence: "sample at T+0.4 s".into(),
+    });
+    let report = build(&ReportInputs { run: &run, response: Some(&resp), restore: None, previous: &[] });
+    assert_eq!(report["response"]["fencing"], "quorum_down: eu-west down from 2 of 3 vantages");
+    let md = markdown(&report);
+    assert!(
+        md.contains(
+            "Run `run-17` of playbook `wallet-region-cutover`: succeeded\n\n- Loss at promotion: 0 acknowledged"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("- Loss at promotion: 0 acknowledged writes (synchronous standby"), "{md}");
+    assert!(md.contains("eu-west down from 2 of 3 vantages\n\n| Step |"), "{md}");
+    // Without them, the step table follows the heading line directly.
+    let md = markdown(&report_of(&run, &[]));
+    assert!(md.contains("succeeded\n\n| Step |"), "{md}");
+    assert!(md.contains("| steady state after restore | PASS | 1 of 1 probes hold |"), "{md}");
+}
