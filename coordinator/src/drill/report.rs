@@ -22,7 +22,8 @@ const MISSING_LISTED: usize = 20;
 /// The phases of [`phases`] that add up to the RTO (the rest are totals).
 const STEP_PHASES: [&str; 6] = ["detection", "declaration", "decision", "recovery", "traffic", "convergence"];
 
-/// Earlier runs of the same drill (ended, newest first), for the trend.
+/// What a report is built from: the run, its response and restore runs, and earlier runs of the
+/// same drill (ended, newest first) for the trend.
 pub struct ReportInputs<'a> {
     /// The run reported on (ended).
     pub run: &'a DrillRun,
@@ -388,7 +389,7 @@ pub fn build(inputs: &ReportInputs<'_>) -> Value {
             .iter()
             .map(|g| {
                 json!({
-                    "name": g.name, "at_ms": g.at_ms, "at_utc": utc(g.at_ms), "offset_ms": g.at_ms - base_ms,
+                    "name": g.name, "at_ms": g.at_ms, "at_utc": utc(g.at_ms), "offset_ms": g.at_ms.saturating_sub(base_ms),
                     "detail": g.detail, "action": g.action,
                 })
             })
@@ -528,12 +529,12 @@ fn timeline(run: &DrillRun, base_ms: i64) -> Value {
     for (i, e) in run.events.iter().enumerate() {
         entries.push((e.at_ms, 1, i, "event", e.what.clone()));
     }
-    entries.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    entries.sort_by_key(|e| (e.0, e.1, e.2));
     Value::Array(
         entries
             .into_iter()
             .map(|(t, _, _, kind, what)| {
-                json!({ "at_ms": t, "at_utc": utc(t), "offset_ms": t - base_ms, "kind": kind, "what": what })
+                json!({ "at_ms": t, "at_utc": utc(t), "offset_ms": t.saturating_sub(base_ms), "kind": kind, "what": what })
             })
             .collect(),
     )
@@ -617,7 +618,7 @@ fn reverted_by(s: &FaultStatus) -> Option<&'static str> {
 fn faults(run: &DrillRun, base_ms: i64) -> Value {
     let empty = FaultStatus::default();
     let stamp = |t: i64| if t > 0 { json!(t) } else { Value::Null };
-    let off = |t: i64| if t > 0 { json!(t - base_ms) } else { Value::Null };
+    let off = |t: i64| if t > 0 { json!(t.saturating_sub(base_ms)) } else { Value::Null };
     let entry = |id: &str, region: Option<&str>, kind: Option<String>, line: Option<String>, s: &FaultStatus| {
         json!({
             "id": id,
@@ -723,7 +724,7 @@ fn action_items(run: &DrillRun, graded: &[Graded], base_ms: i64) -> Vec<String> 
         items.push(format!(
             "Guardrail {} tripped at {} ({}): find out how the fault reached outside the blast radius of {target}",
             g.name,
-            offset(g.at_ms - base_ms),
+            offset(g.at_ms.saturating_sub(base_ms)),
             g.detail
         ));
     }
@@ -800,10 +801,10 @@ fn trend(run: &DrillRun, current: &Value, previous: &[DrillRun]) -> Value {
                 "current_ms": now,
                 "previous_run": last.as_ref().map(|l| l.0.clone()),
                 "previous_ms": last.as_ref().map(|l| l.1),
-                "delta_ms": now.zip(last.as_ref().map(|l| l.1)).map(|(a, b)| a - b),
+                "delta_ms": now.zip(last.as_ref().map(|l| l.1)).map(|(a, b)| a.saturating_sub(b)),
                 "median_ms": median,
                 "median_of": values.len(),
-                "delta_median_ms": now.zip(median).map(|(a, b)| a - b),
+                "delta_median_ms": now.zip(median).map(|(a, b)| a.saturating_sub(b)),
             })
         })
         .collect();
@@ -818,7 +819,7 @@ fn median(values: &mut [i64]) -> Option<i64> {
     match n {
         0 => None,
         _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2),
+        _ => Some(((i128::from(values[n / 2 - 1]) + i128::from(values[n / 2])) / 2) as i64),
     }
 }
 
@@ -829,7 +830,13 @@ fn utc(ms: i64) -> String {
     if ms <= 0 {
         return String::new();
     }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    // humantime refuses years past 9999 with a fmt::Error, which `to_string` turns into a
+    // panic; a corrupt stamp must not take the state machine down with it.
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64))) {
+        Ok(()) => out,
+        Err(_) => format!("out of range ({ms} ms)"),
+    }
 }
 
 /// A duration in seconds with two decimals: `1.21 s`.

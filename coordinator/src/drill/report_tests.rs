@@ -878,3 +878,14 @@ fn response_run_shows_fencing_and_loss() {
     assert!(md.contains("succeeded\n\n| Step |"), "{md}");
     assert!(md.contains("| steady state after restore | PASS | 1 of 1 probes hold |"), "{md}");
 }
+
+#[test]
+fn absurd_stamps_render_without_panicking() {
+    assert_eq!(utc(0), "");
+    assert_eq!(utc(T0), "2026-01-06T03:00:00.000Z");
+    assert_eq!(utc(i64::MAX), format!("out of range ({} ms)", i64::MAX));
+    let mut run = passed_run("r1");
+    run.events.push(Event { at_ms: i64::MAX / 2, what: "clock jumped".into() });
+    let md = markdown(&report_of(&run, &[]));
+    assert!(md.contains("clock jumped"));
+}
