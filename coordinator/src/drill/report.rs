@@ -389,8 +389,12 @@ pub fn build(inputs: &ReportInputs<'_>) -> Value {
             .iter()
             .map(|g| {
                 json!({
-                    "name": g.name, "at_ms": g.at_ms, "at_utc": utc(g.at_ms), "offset_ms": g.at_ms.saturating_sub(base_ms),
-                    "detail": g.detail, "action": g.action,
+                    "name": g.name,
+                    "at_ms": g.at_ms,
+                    "at_utc": utc(g.at_ms),
+                    "offset_ms": g.at_ms.saturating_sub(base_ms),
+                    "detail": g.detail,
+                    "action": g.action,
                 })
             })
             .collect(),
@@ -534,7 +538,8 @@ fn timeline(run: &DrillRun, base_ms: i64) -> Value {
         entries
             .into_iter()
             .map(|(t, _, _, kind, what)| {
-                json!({ "at_ms": t, "at_utc": utc(t), "offset_ms": t.saturating_sub(base_ms), "kind": kind, "what": what })
+                let off = t.saturating_sub(base_ms);
+                json!({ "at_ms": t, "at_utc": utc(t), "offset_ms": off, "kind": kind, "what": what })
             })
             .collect(),
     )

@@ -607,7 +607,8 @@ fn faults_that_failed_to_inject_or_revert_become_action_items() {
         [
             "Fault db-down in eu-west was never confirmed reverted (postgres started again): check the agent and \
              revert it by hand",
-            "Fault proxy-cut could not be injected in eu-west (no proxy named pg): fix the agent's configuration for it",
+            "Fault proxy-cut could not be injected in eu-west (no proxy named pg): fix the agent's configuration \
+             for it",
         ]
     );
     assert_eq!(report["faults"][1]["what"], "inject proxy-cut in eu-west: proxy pg: latency 200 ms ± 50 ms for 30s");
