@@ -46,6 +46,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod cutover;
+pub mod drill;
 pub mod health;
 pub mod http_server;
 pub mod node;

@@ -150,6 +150,8 @@ fn passed_run(id: &str) -> DrillRun {
         ],
         report: None,
         revision: 42,
+        halt: None,
+        abort: None,
     }
 }
 
