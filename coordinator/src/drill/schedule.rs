@@ -40,8 +40,8 @@ pub const START_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
 /// The format of a blackout date.
 pub const DATE_FORMAT: &str = "%Y-%m-%d";
 
-/// Bounds the occurrences one call looks at, so that a dense rule (every minute) with a distant
-/// last occurrence costs a bounded amount of work; see [`due`] for what happens at the bound.
+/// Bounds the due occurrences one call of [`due`] collects, so that a dense rule (every minute)
+/// after a long outage costs a bounded amount of work; see [`due`] for what happens at the bound.
 const MAX_SCAN: usize = 200_000;
 
 /// One occurrence of a schedule.
@@ -152,7 +152,6 @@ pub fn next_fires(s: &Schedule, after_ms: i64, n: usize) -> Vec<Fire> {
         Err(_) => return Vec::new(),
     };
     set.into_iter()
-        .take(MAX_SCAN)
         .map(|o| o.timestamp_millis())
         .filter(|&ms| ms > after_ms)
         .take(n)
@@ -187,7 +186,6 @@ pub fn due(s: &Schedule, applied_ms: i64, last_occurrence_ms: Option<i64>, now_m
     // Occurrences due: (last, now], and not before `applied_ms` without `start`.
     let mut due = set
         .into_iter()
-        .take(MAX_SCAN)
         .map(|o| o.timestamp_millis())
         .skip_while(|&ms| last_occurrence_ms.is_some_and(|l| ms <= l) || floor.is_some_and(|f| ms < f))
         .take_while(|&ms| ms <= now_ms);
@@ -564,5 +562,25 @@ mod tests {
         let b = due(&s, ms("2027-02-01T00:00:00Z"), Some(ms("2027-02-01T05:00:00Z")), now);
         assert_eq!(a, b);
         assert!(matches!(a, Due::Skip { occurrence_ms, .. } if occurrence_ms == ms("2027-02-01T09:00:00Z")));
+    }
+
+    #[test]
+    fn a_dense_rule_long_after_its_start_still_fires() {
+        // Every minute for a year: the scan from DTSTART is long, the answer still the right one.
+        let s =
+            Schedule { start_tolerance_ms: 30_000, ..sched("FREQ=MINUTELY;BYSECOND=0", Some("2027-01-01T00:00:00")) };
+        let occ = ms("2027-12-31T12:00:00Z");
+        assert_eq!(due(&s, 0, Some(occ - MIN), occ + 1_000), Due::Fire { occurrence_ms: occ, late: false });
+        assert_eq!(next_fires(&s, occ, 1)[0].at_ms, occ + MIN);
+    }
+
+    #[test]
+    fn until_bounds_the_rule() {
+        let s = sched("FREQ=DAILY;UNTIL=20270103T000000Z;BYHOUR=3;BYMINUTE=0;BYSECOND=0", Some("2027-01-01T00:00:00"));
+        validate(&s).unwrap();
+        let fires = next_fires(&s, 0, 5);
+        let utc: Vec<_> = fires.iter().map(|f| f.utc.as_str()).collect();
+        assert_eq!(utc, ["2027-01-01T03:00:00Z", "2027-01-02T03:00:00Z"]);
+        assert_eq!(due(&s, 0, Some(ms("2027-01-02T03:00:00Z")), ms("2027-06-01T00:00:00Z")), Due::Nothing);
     }
 }

@@ -307,6 +307,11 @@ fn fault_settings_are_checked_per_type() {
     parse(&t).unwrap();
     let t = fault("{ id: f1, region: eu-west, type: proxy, proxy: psp, mode: bandwidth }");
     assert_eq!(refused(&t).field, "spec.faults[0].bytes_per_second");
+    let t = fault("{ id: f1, region: eu-west, type: proxy, proxy: psp, mode: bandwidth, bytes_per_second: 65536 }");
+    assert_eq!(
+        serde_json::to_value(&parse(&t).unwrap().0.faults[0].kind).unwrap(),
+        serde_json::json!({ "type": "proxy", "proxy": "psp", "mode": "bandwidth", "bytes_per_second": 65536 })
+    );
     let t = fault("{ id: f1, region: eu-west, type: proxy, proxy: psp, mode: slow }");
     let e = refused(&t);
     assert_eq!(e.field, "spec.faults[0].mode");
