@@ -119,8 +119,10 @@ fn write_plan(out: &mut String, d: &Drill, now_ms: i64) -> std::fmt::Result {
     if let Some(ms) = e.rto_ms {
         expect.push(format!("RTO ≤ {}", human(ms)));
     }
-    if let Some(rows) = e.rpo_rows {
-        expect.push(format!("RPO ≤ {rows} acknowledged row(s) lost"));
+    match e.rpo_rows {
+        Some(0) => expect.push("RPO 0 (no acknowledged canary row lost)".into()),
+        Some(rows) => expect.push(format!("RPO ≤ {rows} acknowledged canary row(s) lost")),
+        None => {}
     }
     match e.failover {
         Some(true) => expect.push("a successful failover".into()),

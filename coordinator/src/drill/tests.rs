@@ -473,7 +473,7 @@ fn plan_shows_schedule_faults_guardrails_response_and_safety() {
         "  - central-wallet-api: check wallet-api in eu-central as seen from eu-north is not down",
         "run playbook wallet-region-cutover with source=eu-west",
         "as an unplanned failover, once eu-west is declared down",
-        "detection ≤ 5s; RTO ≤ 30s; RPO ≤ 0 acknowledged row(s) lost; a successful failover",
+        "detection ≤ 5s; RTO ≤ 30s; RPO 0 (no acknowledged canary row lost); a successful failover",
         "Canary: a row into drcut_canary every 100ms",
         "password from $DRCUT_CANARY_PASSWORD",
         "run failback playbook wallet-region-failback with source=eu-central",
