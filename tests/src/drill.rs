@@ -49,7 +49,12 @@ impl DrillEnv {
             "faults:\n  proxies:\n    psp: {{ listen: \"{proxy}\", upstream: \"{}\" }}\nresources:\n  http:\n    psp-api: {{ base_url: \"http://{proxy}\" }}\nchecks:\n  - {{ name: psp, type: http, resource: psp-api, path: /health, interval_ms: 200, timeout_ms: 500 }}\n",
             psp.addr()
         );
-        let agent = AgentProc::start(cluster.dir(), "agent-eu-west", &agent_yaml("agent-eu-west", "eu-west", &coords, &body), &[])?;
+        let agent = AgentProc::start(
+            cluster.dir(),
+            "agent-eu-west",
+            &agent_yaml("agent-eu-west", "eu-west", &coords, &body),
+            &[],
+        )?;
         wait_region(&cluster, leader, "eu-west", "up", HEALTH_WAIT).await?;
         Ok(DrillEnv { cluster, psp, agent, coord_proxies, block })
     }
@@ -157,7 +162,6 @@ pub async fn wait_drill_started(cluster: &Cluster, drill: &str, timeout: Duratio
 
 /// The id in `drctl --json drill run`'s output (the record JSON).
 pub fn started_drill_id(stdout: &str) -> Result<String> {
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout}"))?;
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout}"))?;
     Ok(v["id"].as_str().context("no id")?.to_string())
 }

@@ -89,9 +89,13 @@ async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
     let rows = env.pg.query_primary(&format!("SELECT count(*) FROM drcut_canary WHERE drill = '{id}'")).await?;
     let stored: u64 = rows[0][0].as_deref().unwrap_or("0").parse()?;
     ensure!(stored >= acked, "eu-west holds {stored} canary rows, {acked} were acknowledged");
-    ensure!(env.pg.scalar_primary("SELECT pg_is_in_recovery()").await?.as_deref() == Some("f"), "eu-west is primary again");
+    ensure!(
+        env.pg.scalar_primary("SELECT pg_is_in_recovery()").await?.as_deref() == Some("f"),
+        "eu-west is primary again"
+    );
 
-    let report: serde_json::Value = serde_json::from_str(&drcut_tests::drill::drill_run(&env.cluster, &id).await?.0.report_json)?;
+    let report: serde_json::Value =
+        serde_json::from_str(&drcut_tests::drill::drill_run(&env.cluster, &id).await?.0.report_json)?;
     println!("{}", serde_json::to_string_pretty(&report["phases"]).unwrap_or_default());
     let md = env.cluster.drctl(&["drill", "report", &id]).await?;
     ensure!(md.code == Some(0), "report: {md}");

@@ -43,7 +43,11 @@ async fn a_scheduled_drill_fires_once_and_survives_its_leader() -> Result<()> {
     let bad = "apiVersion: drcut/v1\nkind: Drill\nmetadata: { name: bad, owner: x }\nspec:\n  service: wallet\n  hypothesis: h\n  target: { region: eu-west }\n  schedule: { rrule: \"FREQ=SOMETIMES\", timezone: Europe/Dublin }\n  faults: [ { id: a, region: eu-west, type: exec, inject: [/bin/true], revert: [/bin/true] } ]\n  response: { observe: 1s }\n";
     let out = apply_drill(&env.cluster, "bad", bad).await?;
     ensure!(out.code == Some(2), "an invalid rrule was accepted: {out}");
-    ensure!(out.stderr.contains("bad.yaml:8") && out.stderr.contains("rrule"), "error names file, line, field: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("bad.yaml:8") && out.stderr.contains("rrule"),
+        "error names file, line, field: {}",
+        out.stderr
+    );
     let zone = bad.replace("FREQ=SOMETIMES", "FREQ=DAILY").replace("Europe/Dublin", "Europe/Atlantis");
     let out = apply_drill(&env.cluster, "bad", &zone).await?;
     ensure!(out.code == Some(2) && out.stderr.contains("Europe/Atlantis"), "unknown zone: {out}");

@@ -84,7 +84,9 @@ async fn commit(app: &AppRef, id: &str, op: DrillOp) -> bool {
 /// Parses a stored drill once per version.
 pub fn parsed(app: &AppRef, stored: &crate::command::StoredDrill) -> Option<Drill> {
     let mut g = app.engine.drill.specs.lock().unwrap_or_else(|p| p.into_inner());
-    g.entry(stored.hash.clone()).or_insert_with(|| super::Drill::parse(&stored.name, &stored.text).ok()).clone()
+    g.entry(stored.hash.clone())
+        .or_insert_with(|| super::Drill::parse(&stored.name, &stored.text).ok().map(|(d, _)| d))
+        .clone()
 }
 
 /// A drill run id: the drill and the UTC start, readable and sortable.

@@ -47,14 +47,13 @@ pub fn info(d: &DrillRun, full: bool) -> pb::DrillRunInfo {
 /// Validates and stores a drill file.
 pub async fn apply(app: &AppRef, ctx: Ctx, r: pb::ApplyDrillRequest) -> Result<pb::ApplyDrillReply, Status> {
     let file = if r.file_name.is_empty() { "drill.yaml".to_string() } else { r.file_name.clone() };
-    let spec = drill::Drill::parse(&file, &r.text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (spec, hash) = drill::Drill::parse(&file, &r.text).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let regions: BTreeSet<String> = app.view.regions().into_iter().map(|x| x.name).collect();
     let playbooks: BTreeSet<String> = app.view.playbooks().into_values().map(|p| p.name).collect();
     let problems = drill::check_refs(&spec, &regions, &playbooks);
     if !problems.is_empty() {
         return Err(Status::invalid_argument(format!("{file}: {}", problems.join("; "))));
     }
-    let hash = drill::hash(&r.text);
     let stored = StoredDrill {
         name: spec.name.clone(),
         hash: hash.clone(),

@@ -25,7 +25,7 @@
 //! quoted inside a flow mapping or list (`{ region: "${x}" }`); the syntax error says so.
 
 mod action;
-mod location;
+pub(crate) mod location;
 mod parse;
 mod plan;
 mod resolved;

@@ -75,7 +75,7 @@ pub async fn run(cli: &Cli, client: &Client, cmd: &DrillCmd) -> Result<(), Fail>
                 let name = file.display().to_string();
                 let text = std::fs::read_to_string(file).map_err(|e| Fail(2, format!("{name}: {e}")))?;
                 match drcut_coordinator::drill::Drill::parse(&name, &text) {
-                    Ok(d) => {
+                    Ok((d, _)) => {
                         println!("{name}: ok (drill {} for service {}, target {})", d.name, d.service, d.target_region)
                     }
                     Err(e) => {
