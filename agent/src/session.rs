@@ -158,7 +158,7 @@ async fn session(
                 while sent.len() > 64 {
                     sent.pop_first();
                 }
-                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq: hb_seq })) }).await.is_err() {
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq: hb_seq, active_faults: links.executor.faults().active() })) }).await.is_err() {
                     metrics.session.set(0);
                     return End::Lost("session closed".into(), open);
                 }

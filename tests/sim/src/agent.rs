@@ -140,7 +140,7 @@ async fn session(region: &str, world: &Shared, addr: &str) -> Result<Option<Stri
                     last_report = now;
                     seq += 1;
                     let up = lock(world).up.get(region).copied().unwrap_or(false);
-                    let hb = AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq })) };
+                    let hb = AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq, ..Default::default() })) };
                     for m in std::iter::once(hb).chain(reports(region, up, seq)) {
                         if tx.try_send(m).is_err() {
                             return Ok(None);

@@ -1,0 +1,494 @@
+//! GameDay fault injection: what a drill breaks on this host, and the dead-man switch that
+//! mends it when the drill's coordinator cannot.
+//!
+//! The coordinator drives faults over the agent session with three actions (step index
+//! [`FAULT_STEP`], the fault id as `step_id`):
+//!
+//! - `fault.inject` `{"fault": {...}, "deadline_ms": N, "lost_coordinator_ms": N}`: breaks
+//!   something (see [`spec::Fault`]): `postgres_stop` (`pg_ctl stop -m immediate` of a postgres
+//!   resource with a `data_dir`), `process_kill` (SIGKILL of a `faults.processes` entry),
+//!   `proxy` (a `faults.proxies` TCP proxy into a failure [`proxy::Mode`]), `dns` (a
+//!   `faults.dns_proxies` forwarder answers NXDOMAIN / SERVFAIL for a name), `exec` (a
+//!   command, with the command that undoes it). Injecting an active fault again is ok and
+//!   changes nothing.
+//! - `fault.revert` `{}`: undoes one fault (ok when it was not active).
+//! - `fault.halt` `{"run_id": ...}` or `{}`: undoes every fault of one drill run, or of all.
+//!
+//! Every active fault carries a dead-man switch, checked every [`TICK`]: the agent reverts it
+//! by itself once its deadline (relative to when the command arrived) passes, or once the
+//! agent has held no lease from the coordinators for longer than `lost_coordinator_ms`. The
+//! heartbeat lists the active faults ([`FaultManager::active`]), so the coordinator sees one
+//! vanish.
+//!
+//! Actions are serialised (one at a time, in arrival order): an inject and a revert of the same
+//! fault, or a halt racing an inject, never interleave half-way. A revert that fails leaves the
+//! fault active; the switch retries it every [`RETRY`]. Active faults live in memory only: an
+//! agent restart forgets them (proxies come back in pass-through, but a stopped database or a
+//! killed process stays down until the drill's restore or an operator brings it back).
+//!
+//! The `faults:` config section (see [`crate::config::FaultsConfig`]):
+//!
+//! ```yaml
+//! faults:
+//!   proxies:        # TCP, started with the agent, pass-through until a fault
+//!     psp: { listen: 127.0.0.21:18443, upstream: 127.0.0.22:8443 }
+//!   dns_proxies:    # UDP DNS forwarders
+//!     resolver: { listen: 127.0.0.21:5353, upstream: 127.0.0.30:53 }
+//!   processes:
+//!     casino-app: { pidfile: /tmp/casino.pid, start: ["/usr/bin/casino", "--port", "8080"] }
+//! ```
+
+pub mod dns;
+pub mod process;
+pub mod proxy;
+pub mod spec;
+
+use crate::config::AgentConfig;
+use crate::lease::Lease;
+use crate::metrics::AgentMetrics;
+use crate::pgdata::DataDir;
+use crate::steps::{StepContext, StepOutcome, parse_params};
+use dns::DnsFaultProxy;
+use proxy::{FaultProxy, Mode};
+use spec::{Expiry, Fault, HaltParams, InjectParams, RevertParams};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The step index of fault commands (coordinator side: u32::MAX - 1): outside any run's
+/// sequence, so they neither supersede nor are superseded.
+pub const FAULT_STEP: u32 = u32::MAX - 1;
+/// How often the dead-man switch looks.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Between attempts at a revert that failed.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// (run id, fault id).
+type Key = (String, String);
+
+/// An injected fault.
+#[derive(Debug)]
+struct Active {
+    fault: Fault,
+    /// Reverted by the switch at this time.
+    deadline: Instant,
+    /// ... or after this long without a lease.
+    lost_after: Duration,
+    /// `postgres_stop`: the options the server last ran with, to start it the same way.
+    pg_options: Option<String>,
+    /// A revert failed: not retried before this.
+    retry_at: Option<Instant>,
+}
+
+/// The fault proxies and the active faults of this agent.
+pub struct FaultManager {
+    cfg: Arc<AgentConfig>,
+    proxies: BTreeMap<String, FaultProxy>,
+    dns: BTreeMap<String, DnsFaultProxy>,
+    lease: Arc<Lease>,
+    metrics: Arc<AgentMetrics>,
+    active: Mutex<BTreeMap<Key, Active>>,
+    /// Held while acting (see the module docs: one action at a time).
+    acting: tokio::sync::Mutex<()>,
+}
+
+fn key_str(k: &Key) -> String {
+    format!("{}/{}", k.0, k.1)
+}
+
+/// `"a", "b"` (or `none`), for "has: …" in errors.
+fn names<V>(m: &BTreeMap<String, V>) -> String {
+    if m.is_empty() { "none".to_string() } else { m.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ") }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl FaultManager {
+    /// Binds every proxy of the config's `faults:` section (a bind failure names the field)
+    /// and returns the manager; the caller spawns [`FaultManager::watchdog`].
+    pub async fn start(
+        cfg: Arc<AgentConfig>,
+        lease: Arc<Lease>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Result<Arc<FaultManager>, String> {
+        let mut proxies = BTreeMap::new();
+        for (name, p) in &cfg.faults.proxies {
+            let l = tokio::net::TcpListener::bind(p.listen)
+                .await
+                .map_err(|e| format!("faults.proxies.{name}.listen: cannot bind {}: {e}", p.listen))?;
+            let proxy = FaultProxy::start(l, p.upstream).map_err(|e| format!("faults.proxies.{name}: {e}"))?;
+            proxies.insert(name.clone(), proxy);
+        }
+        let mut dns = BTreeMap::new();
+        for (name, p) in &cfg.faults.dns_proxies {
+            let s = tokio::net::UdpSocket::bind(p.listen)
+                .await
+                .map_err(|e| format!("faults.dns_proxies.{name}.listen: cannot bind {}: {e}", p.listen))?;
+            let proxy = DnsFaultProxy::start(s, p.upstream).map_err(|e| format!("faults.dns_proxies.{name}: {e}"))?;
+            dns.insert(name.clone(), proxy);
+        }
+        Ok(FaultManager::new(cfg, lease, metrics, proxies, dns))
+    }
+
+    /// A manager over proxies already running (tests bind them on port 0).
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        lease: Arc<Lease>,
+        metrics: Arc<AgentMetrics>,
+        proxies: BTreeMap<String, FaultProxy>,
+        dns: BTreeMap<String, DnsFaultProxy>,
+    ) -> Arc<FaultManager> {
+        Arc::new(FaultManager {
+            cfg,
+            proxies,
+            dns,
+            lease,
+            metrics,
+            active: Mutex::new(BTreeMap::new()),
+            acting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The TCP fault proxy `name`, if configured.
+    pub fn proxy(&self, name: &str) -> Option<&FaultProxy> {
+        self.proxies.get(name)
+    }
+
+    /// The DNS fault proxy `name`, if configured.
+    pub fn dns_proxy(&self, name: &str) -> Option<&DnsFaultProxy> {
+        self.dns.get(name)
+    }
+
+    /// The active faults as `"<run_id>/<fault_id>"`, sorted (the heartbeat's `active_faults`).
+    pub fn active(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().map(key_str).collect();
+        v.sort();
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, active: &BTreeMap<Key, Active>) {
+        self.metrics.faults_active.set(active.len() as i64);
+    }
+
+    /// Runs a `fault.*` command received at `received`, bounded by `timeout`.
+    pub async fn execute(
+        &self,
+        action: &str,
+        run_id: &str,
+        fault_id: &str,
+        params: &serde_json::Value,
+        received: Instant,
+        timeout: Duration,
+    ) -> StepOutcome {
+        let deadline = received + crate::steps::budget(timeout);
+        match action {
+            "fault.inject" => match parse_params::<InjectParams>(params).and_then(|p| p.validate().map(|()| p)) {
+                Ok(p) => self.inject(run_id, fault_id, p, received, deadline).await,
+                Err(e) => StepOutcome::failed(format!("fault.inject {run_id}/{fault_id}: {e}")),
+            },
+            "fault.revert" => match parse_params::<RevertParams>(params) {
+                Ok(_) => self.revert(run_id, fault_id, deadline).await,
+                Err(e) => StepOutcome::failed(format!("fault.revert {run_id}/{fault_id}: {e}")),
+            },
+            "fault.halt" => match parse_params::<HaltParams>(params) {
+                Ok(p) => self.halt(p.run_id.as_deref(), deadline).await,
+                Err(e) => StepOutcome::failed(format!("fault.halt: {e}")),
+            },
+            _ => StepOutcome::failed(format!(
+                "unknown action {action:?}; fault actions are fault.inject, fault.revert, fault.halt"
+            )),
+        }
+    }
+
+    /// Injects `p.fault` as (run_id, fault_id), its dead-man switch counting from `received`.
+    pub async fn inject(
+        &self,
+        run_id: &str,
+        fault_id: &str,
+        p: InjectParams,
+        received: Instant,
+        deadline: Instant,
+    ) -> StepOutcome {
+        let _acting = self.acting.lock().await;
+        let key = (run_id.to_string(), fault_id.to_string());
+        let shown = key_str(&key);
+        {
+            let active = self.lock();
+            if active.contains_key(&key) {
+                return StepOutcome {
+                    ok: true,
+                    detail: format!("fault {shown}: already active"),
+                    ..Default::default()
+                };
+            }
+            if let Some((field, target)) = p.fault.target()
+                && let Some((other, _)) = active.iter().find(|(_, a)| a.fault.target() == Some((field, target)))
+            {
+                return StepOutcome::failed(format!(
+                    "fault {shown}: fault.{field}: {target:?} already carries fault {}",
+                    key_str(other)
+                ));
+            }
+        }
+        let started = Instant::now();
+        let acted = self.act_inject(&key, &p.fault, deadline).await;
+        let inject_ms = ms(started.elapsed());
+        let (detail, pg_options) = match acted {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(fault = %shown, kind = p.fault.kind(), "fault inject failed: {e}");
+                let mut o = StepOutcome::failed(format!("fault {shown}: {e}"));
+                o.measurements.insert("inject_ms".into(), inject_ms);
+                return o;
+            }
+        };
+        let mut active = self.lock();
+        active.insert(
+            key,
+            Active {
+                fault: p.fault.clone(),
+                deadline: received + Duration::from_millis(p.deadline_ms),
+                lost_after: Duration::from_millis(p.lost_coordinator_ms),
+                pg_options,
+                retry_at: None,
+            },
+        );
+        self.publish(&active);
+        tracing::warn!(fault = %shown, kind = p.fault.kind(), deadline_ms = p.deadline_ms, lost_coordinator_ms = p.lost_coordinator_ms, "FAULT INJECTED: {detail}");
+        StepOutcome {
+            ok: true,
+            detail: format!("fault {shown} injected: {detail}"),
+            measurements: BTreeMap::from([("inject_ms".to_string(), inject_ms)]),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// Reverts (run_id, fault_id); ok when reverted or not active.
+    pub async fn revert(&self, run_id: &str, fault_id: &str, deadline: Instant) -> StepOutcome {
+        let _acting = self.acting.lock().await;
+        let key = (run_id.to_string(), fault_id.to_string());
+        self.revert_locked(&key, deadline, "reverted by the coordinator").await
+    }
+
+    /// Reverts every active fault of `run_id` (every drill's when none).
+    pub async fn halt(&self, run_id: Option<&str>, deadline: Instant) -> StepOutcome {
+        let _acting = self.acting.lock().await;
+        let keys: Vec<Key> = self.lock().keys().filter(|k| run_id.is_none_or(|r| k.0 == r)).cloned().collect();
+        let started = Instant::now();
+        let (mut reverted, mut failed) = (Vec::new(), Vec::new());
+        for k in &keys {
+            let o = self.revert_locked(k, deadline, "halt").await;
+            if o.ok { reverted.push(key_str(k)) } else { failed.push(o.detail) }
+        }
+        let scope = run_id.map_or("every drill".to_string(), |r| format!("drill run {r}"));
+        let detail = match (reverted.is_empty(), failed.is_empty()) {
+            (true, true) => format!("halt of {scope}: no fault was active"),
+            (_, true) => format!("halt of {scope}: reverted {}", reverted.join(", ")),
+            _ => format!("halt of {scope}: reverted [{}]; FAILED: {}", reverted.join(", "), failed.join("; ")),
+        };
+        StepOutcome {
+            ok: failed.is_empty(),
+            detail,
+            measurements: BTreeMap::from([("revert_ms".to_string(), ms(started.elapsed()))]),
+            data: serde_json::json!({ "reverted": reverted }),
+        }
+    }
+
+    /// Reverts `key` with the acting lock held; a failure leaves it active for a retry.
+    async fn revert_locked(&self, key: &Key, deadline: Instant, why: &str) -> StepOutcome {
+        let shown = key_str(key);
+        let Some(a) = self.lock().remove(key) else {
+            return StepOutcome { ok: true, detail: format!("fault {shown}: not active"), ..Default::default() };
+        };
+        let started = Instant::now();
+        let acted = self.act_revert(key, &a, deadline).await;
+        let revert_ms = ms(started.elapsed());
+        let mut active = self.lock();
+        let o = match acted {
+            Ok(detail) => {
+                tracing::warn!(fault = %shown, kind = a.fault.kind(), "FAULT REVERTED ({why}): {detail}");
+                StepOutcome { ok: true, detail: format!("fault {shown} reverted: {detail}"), ..Default::default() }
+            }
+            Err(e) => {
+                tracing::error!(fault = %shown, kind = a.fault.kind(), "fault revert FAILED ({why}; stays active): {e}");
+                active.insert(key.clone(), Active { retry_at: Some(Instant::now() + RETRY), ..a });
+                StepOutcome::failed(format!("fault {shown}: revert failed (still active): {e}"))
+            }
+        };
+        self.publish(&active);
+        let mut o = o;
+        o.measurements.insert("revert_ms".into(), revert_ms);
+        o
+    }
+
+    /// Reverts what the dead-man switch finds due at `now`; returns what it reverted, each with
+    /// why. Time is an argument so tests need not wait.
+    pub async fn check_dead_man(&self, now: Instant) -> Vec<(String, Expiry)> {
+        let since = self.lease.since();
+        let due: Vec<(Key, Expiry)> = self
+            .lock()
+            .iter()
+            .filter(|(_, a)| a.retry_at.is_none_or(|t| now >= t))
+            .filter_map(|(k, a)| spec::expiry(a.deadline, a.lost_after, now, since).map(|e| (k.clone(), e)))
+            .collect();
+        if due.is_empty() {
+            return vec![];
+        }
+        let _acting = self.acting.lock().await;
+        let mut done = Vec::new();
+        for (k, why) in due {
+            tracing::warn!(fault = %key_str(&k), "DEAD-MAN SWITCH: reverting fault {}: {why}", key_str(&k));
+            let o = self
+                .revert_locked(&k, Instant::now() + Duration::from_secs(60), &format!("dead-man switch: {why}"))
+                .await;
+            if o.ok && !o.detail.ends_with("not active") {
+                done.push((key_str(&k), why));
+            }
+        }
+        done
+    }
+
+    /// The dead-man switch: checks every [`TICK`] for the life of the process.
+    pub async fn watchdog(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_dead_man(Instant::now()).await;
+        }
+    }
+
+    // === acting ===
+
+    /// Breaks it; Ok with a detail (and, for postgres, the server's start options).
+    async fn act_inject(&self, key: &Key, f: &Fault, deadline: Instant) -> Result<(String, Option<String>), String> {
+        match f {
+            Fault::PostgresStop { database } => self.pg_stop(database, deadline).await,
+            Fault::ProcessKill { process } => {
+                let spec = self.cfg.faults.processes.get(process).ok_or_else(|| {
+                    format!(
+                        "fault.process: no process {process:?} in this agent's config (has: {})",
+                        names(&self.cfg.faults.processes)
+                    )
+                })?;
+                process::kill(process, spec).map(|d| (d, None))
+            }
+            Fault::Proxy { proxy, .. } => {
+                let p = self.proxies.get(proxy).ok_or_else(|| {
+                    format!("fault.proxy: no proxy {proxy:?} in this agent's config (has: {})", names(&self.proxies))
+                })?;
+                let mode = f.proxy_mode()?;
+                p.set(mode);
+                Ok((format!("proxy {proxy:?} ({} -> {}) in {} mode", p.addr(), p.upstream(), mode.name()), None))
+            }
+            Fault::Dns { proxy, name, answer } => {
+                let p = self.dns.get(proxy).ok_or_else(|| {
+                    format!("fault.proxy: no DNS proxy {proxy:?} in this agent's config (has: {})", names(&self.dns))
+                })?;
+                p.fail(&key_str(key), name, (*answer).into()).map_err(|m| format!("fault.name: {m}"))?;
+                Ok((format!("DNS proxy {proxy:?} answers {answer:?} for {name}").to_lowercase(), None))
+            }
+            Fault::Exec { inject, .. } => self.exec("inject", inject, deadline).await.map(|d| (d, None)),
+        }
+    }
+
+    /// Mends it.
+    async fn act_revert(&self, key: &Key, a: &Active, deadline: Instant) -> Result<String, String> {
+        match &a.fault {
+            Fault::PostgresStop { database } => self.pg_start(database, a.pg_options.as_deref(), deadline).await,
+            Fault::ProcessKill { process } => match self.cfg.faults.processes.get(process) {
+                Some(spec) => process::start(process, spec),
+                None => Err(format!("fault.process: no process {process:?} in this agent's config")),
+            },
+            Fault::Proxy { proxy, .. } => match self.proxies.get(proxy) {
+                Some(p) => {
+                    p.set(Mode::PassThrough);
+                    Ok(format!("proxy {proxy:?} passes through again"))
+                }
+                None => Err(format!("fault.proxy: no proxy {proxy:?} in this agent's config")),
+            },
+            Fault::Dns { proxy, name, .. } => match self.dns.get(proxy) {
+                Some(p) => {
+                    p.heal(&key_str(key));
+                    Ok(format!("DNS proxy {proxy:?} forwards {name} again"))
+                }
+                None => Err(format!("fault.proxy: no DNS proxy {proxy:?} in this agent's config")),
+            },
+            Fault::Exec { revert, .. } => self.exec("revert", revert, deadline).await,
+        }
+    }
+
+    /// Runs `argv` the way the `hook` step does (own process group, killed on timeout, neutral
+    /// environment, secrets redacted from its output); exit 0 or an error with its last lines.
+    async fn exec(&self, field: &str, argv: &[String], deadline: Instant) -> Result<String, String> {
+        let ctx =
+            StepContext { resources: &self.cfg.resources, timeout: deadline.saturating_duration_since(Instant::now()) };
+        let o = crate::steps::http::run_exec(argv, &ctx, deadline)
+            .await
+            .map_err(|e| format!("fault.{field}: {}", e.trim_start_matches("param exec: ")))?;
+        if o.ok { Ok(o.detail) } else { Err(format!("fault.{field}: {}", o.detail)) }
+    }
+
+    fn pg_dir(&self, database: &str) -> Result<(DataDir, &crate::config::PostgresResource), String> {
+        let res = self.cfg.resources.postgres.get(database).ok_or_else(|| {
+            format!(
+                "fault.database: no postgres resource {database:?} in this agent's config (has: {})",
+                names(&self.cfg.resources.postgres)
+            )
+        })?;
+        let dir = res.data_dir.as_deref().ok_or_else(|| {
+            format!("fault.database: postgres resource {database:?} has no data_dir (pg_ctl needs it)")
+        })?;
+        let dd = DataDir::new(dir, res.bin_dir.as_deref()).map_err(|e| format!("fault.database: {database:?}: {e}"))?;
+        Ok((dd, res))
+    }
+
+    async fn pg_stop(&self, database: &str, deadline: Instant) -> Result<(String, Option<String>), String> {
+        let (dd, res) = self.pg_dir(database)?;
+        let Some(pid) = dd.running_pid() else {
+            return Err(format!(
+                "fault.database: postgres {database:?} is not running on {}: nothing to stop",
+                dd.path().display()
+            ));
+        };
+        // Read before the stop: the options it runs with now are the ones it comes back with.
+        let options = dd.last_options();
+        let secs = deadline.saturating_duration_since(Instant::now()).as_secs().max(1).to_string();
+        let args: Vec<OsString> = vec![
+            "stop".into(),
+            "-D".into(),
+            dd.path().as_os_str().to_owned(),
+            "-m".into(),
+            "immediate".into(),
+            "-w".into(),
+            "-t".into(),
+            secs.into(),
+        ];
+        if let Err(e) = dd.tool("pg_ctl", &args, &[], deadline).await
+            && dd.running_pid().is_some()
+        {
+            return Err(format!("pg_ctl stop -m immediate of {database:?}: {}", res.dsn.redact(&e)));
+        }
+        Ok((format!("postgres {database:?} stopped (pg_ctl stop -m immediate; postmaster {pid})"), options))
+    }
+
+    async fn pg_start(&self, database: &str, options: Option<&str>, deadline: Instant) -> Result<String, String> {
+        let (dd, res) = self.pg_dir(database)?;
+        if let Some(pid) = dd.running_pid() {
+            return Ok(format!("postgres {database:?} already running (postmaster {pid})"));
+        }
+        let options = options.map(str::to_string).or_else(|| dd.last_options());
+        dd.start(options.as_deref(), deadline)
+            .await
+            .map_err(|e| format!("pg_ctl start of {database:?}: {}", res.dsn.redact(&e)))?;
+        Ok(format!("postgres {database:?} started again (pg_ctl start -w)"))
+    }
+}
