@@ -141,7 +141,11 @@ async fn forward(socket: Arc<UdpSocket>, packet: Vec<u8>, client: SocketAddr, up
     if packet.len() < 2 {
         return;
     }
-    let local: SocketAddr = if upstream.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { "[::1]:0".parse().unwrap() };
+    let local: SocketAddr = if upstream.is_ipv4() {
+        (std::net::Ipv4Addr::LOCALHOST, 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
     let relay = async {
         let up = UdpSocket::bind(local).await?;
         up.connect(upstream).await?;

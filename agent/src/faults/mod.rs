@@ -98,9 +98,9 @@ fn key_str(k: &Key) -> String {
     format!("{}/{}", k.0, k.1)
 }
 
-/// `"a", "b"` (or `none`), for "has: …" in errors.
+/// `a, b` (or `none`), for "has: …" in errors.
 fn names<V>(m: &BTreeMap<String, V>) -> String {
-    if m.is_empty() { "none".to_string() } else { m.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ") }
+    if m.is_empty() { "none".to_string() } else { m.keys().cloned().collect::<Vec<_>>().join(", ") }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -394,7 +394,11 @@ impl FaultManager {
                     format!("fault.proxy: no DNS proxy {proxy:?} in this agent's config (has: {})", names(&self.dns))
                 })?;
                 p.fail(&key_str(key), name, (*answer).into()).map_err(|m| format!("fault.name: {m}"))?;
-                Ok((format!("DNS proxy {proxy:?} answers {answer:?} for {name}").to_lowercase(), None))
+                let rcode = match answer {
+                    spec::DnsAnswer::Nxdomain => "NXDOMAIN",
+                    spec::DnsAnswer::Servfail => "SERVFAIL",
+                };
+                Ok((format!("DNS proxy {proxy:?} answers {rcode} for {name}"), None))
             }
             Fault::Exec { inject, .. } => self.exec("inject", inject, deadline).await.map(|d| (d, None)),
         }

@@ -253,3 +253,149 @@ fn jittered(latency: Duration, jitter: Duration) -> Duration {
     let offset = rand::random_range(0..=2 * spread);
     (latency + Duration::from_micros(offset)).saturating_sub(jitter)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    /// An echo server on loopback: returns its address.
+    pub(crate) async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    pub(crate) async fn proxy_to_echo() -> FaultProxy {
+        let upstream = echo_server().await;
+        FaultProxy::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), upstream).unwrap()
+    }
+
+    /// Sends `msg` and reads it back within `within`.
+    async fn round_trip(s: &mut TcpStream, msg: &[u8], within: Duration) -> std::io::Result<Vec<u8>> {
+        s.write_all(msg).await?;
+        let mut got = vec![0u8; msg.len()];
+        match tokio::time::timeout(within, s.read_exact(&mut got)).await {
+            Ok(r) => r.map(|_| got),
+            Err(_) => Err(ErrorKind::TimedOut.into()),
+        }
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+    const LONG: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn pass_through_and_blackhole_then_resume() {
+        let p = proxy_to_echo().await;
+        let mut open = TcpStream::connect(p.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut open, b"hello", LONG).await.unwrap(), b"hello");
+        p.set(Mode::Blackhole);
+        // Open connections stop answering without being closed...
+        let e = round_trip(&mut open, b"ping", SHORT).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        // ...new ones are accepted and never answered.
+        let mut new = TcpStream::connect(p.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut new, b"anyone", SHORT).await.unwrap_err().kind(), ErrorKind::TimedOut);
+        p.set(Mode::PassThrough);
+        // Both resume: what was sent meanwhile arrives.
+        let mut got = [0u8; 4];
+        tokio::time::timeout(LONG, open.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"ping");
+        let mut got = [0u8; 6];
+        tokio::time::timeout(LONG, new.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"anyone");
+        assert_eq!(round_trip(&mut open, b"again", LONG).await.unwrap(), b"again");
+    }
+
+    #[tokio::test]
+    async fn latency_delays_each_direction() {
+        let p = proxy_to_echo().await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        round_trip(&mut s, b"warm", LONG).await.unwrap();
+        p.set(Mode::Latency { latency: Duration::from_millis(150), jitter: Duration::from_millis(20) });
+        let t = Instant::now();
+        assert_eq!(round_trip(&mut s, b"slow", LONG).await.unwrap(), b"slow");
+        // There and back, each at least latency - jitter.
+        assert!(t.elapsed() >= Duration::from_millis(260), "{:?}", t.elapsed());
+        p.set(Mode::PassThrough);
+        let t = Instant::now();
+        round_trip(&mut s, b"fast", LONG).await.unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn reset_closes_open_and_new_connections() {
+        let p = proxy_to_echo().await;
+        let mut open = TcpStream::connect(p.addr()).await.unwrap();
+        round_trip(&mut open, b"hi", LONG).await.unwrap();
+        p.set(Mode::Reset);
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(LONG, open.read(&mut buf)).await.unwrap();
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::ConnectionReset);
+        let mut new = TcpStream::connect(p.addr()).await.unwrap();
+        let r = tokio::time::timeout(LONG, new.read(&mut buf)).await.unwrap();
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::ConnectionReset);
+        p.set(Mode::PassThrough);
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut s, b"back", LONG).await.unwrap(), b"back");
+    }
+
+    #[tokio::test]
+    async fn bandwidth_paces_a_transfer() {
+        let p = proxy_to_echo().await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        p.set(Mode::Bandwidth { bytes_per_second: 40_000 });
+        let data = vec![7u8; 20_000];
+        let t = Instant::now();
+        assert_eq!(round_trip(&mut s, &data, LONG).await.unwrap(), data);
+        // 20 000 bytes at 40 000 B/s: at least 0.5 s each way (the directions overlap).
+        assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+        p.set(Mode::PassThrough);
+        let t = Instant::now();
+        round_trip(&mut s, &data, LONG).await.unwrap();
+        assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn partial_resets_that_share_of_new_connections() {
+        let p = proxy_to_echo().await;
+        let mut open = TcpStream::connect(p.addr()).await.unwrap();
+        round_trip(&mut open, b"x", LONG).await.unwrap();
+        p.set(Mode::Partial { failure_rate: 1.0 });
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(p.addr()).await.unwrap();
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(LONG, s.read(&mut buf)).await.unwrap();
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::ConnectionReset);
+        }
+        // Open connections are left alone.
+        assert_eq!(round_trip(&mut open, b"still", LONG).await.unwrap(), b"still");
+        p.set(Mode::Partial { failure_rate: 0.0 });
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(p.addr()).await.unwrap();
+            assert_eq!(round_trip(&mut s, b"ok", LONG).await.unwrap(), b"ok");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_its_band() {
+        let (l, j) = (Duration::from_millis(100), Duration::from_millis(30));
+        for _ in 0..200 {
+            let d = jittered(l, j);
+            assert!(d >= l - j && d <= l + j, "{d:?}");
+        }
+        // A jitter wider than the latency clamps at zero instead of underflowing.
+        for _ in 0..200 {
+            assert!(jittered(Duration::from_millis(10), Duration::from_millis(50)) <= Duration::from_millis(60));
+        }
+        assert_eq!(jittered(l, Duration::ZERO), l);
+    }
+}

@@ -74,6 +74,19 @@ pub enum ProxyMode {
     Partial,
 }
 
+impl ProxyMode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Blackhole => "blackhole",
+            ProxyMode::Latency => "latency",
+            ProxyMode::Reset => "reset",
+            ProxyMode::Bandwidth => "bandwidth",
+            ProxyMode::Partial => "partial",
+        }
+    }
+}
+
 /// `dns.answer` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,7 +196,7 @@ impl Fault {
             ("failure_rate", *failure_rate != 0.0, *mode == ProxyMode::Partial),
         ];
         if let Some((field, _, _)) = set.iter().find(|(_, is_set, applies)| *is_set && !applies) {
-            return Err(format!("fault.{field}: does not apply to mode {mode:?}").to_lowercase());
+            return Err(format!("fault.{field}: does not apply to mode {}", mode.as_str()));
         }
         Ok(match mode {
             ProxyMode::Blackhole => Mode::Blackhole,
