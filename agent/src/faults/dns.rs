@@ -165,3 +165,70 @@ async fn forward(socket: Arc<UdpSocket>, packet: Vec<u8>, client: SocketAddr, up
         Err(_) => tracing::debug!(%upstream, "dns fault proxy: no answer from the upstream"),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+
+    /// A tiny authoritative stand-in: answers every A query with 192.0.2.1.
+    pub(crate) async fn responder() -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.add_queries(q.queries.iter().cloned());
+                let name = q.queries[0].name().clone();
+                r.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 1))));
+                let _ = s.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    pub(crate) async fn ask(server: SocketAddr, name: &str) -> Message {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut q = Message::query();
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        s.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.recv(&mut buf)).await.expect("an answer").unwrap();
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(r.metadata.id, q.metadata.id);
+        r
+    }
+
+    #[tokio::test]
+    async fn failed_names_get_the_rcode_and_the_rest_is_forwarded() {
+        let upstream = responder().await;
+        let p = DnsFaultProxy::start(UdpSocket::bind("127.0.0.1:0").await.unwrap(), upstream).unwrap();
+        let r = ask(p.addr(), "psp.example.").await;
+        assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NoError, 1));
+        p.fail("r1/f1", "PSP.example.", Answer::Nxdomain).unwrap();
+        // Any case, the question echoed.
+        let r = ask(p.addr(), "psp.EXAMPLE.").await;
+        assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NXDomain, 0));
+        assert_eq!(r.queries[0].name().to_ascii(), "psp.EXAMPLE.");
+        // Other names still go through.
+        let r = ask(p.addr(), "wallet.example.").await;
+        assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NoError, 1));
+        p.fail("r1/f2", "kyc.example.", Answer::Servfail).unwrap();
+        assert_eq!(ask(p.addr(), "kyc.example.").await.metadata.response_code, ResponseCode::ServFail);
+        assert!(p.heal("r1/f1"));
+        assert!(!p.heal("r1/f1"));
+        assert_eq!(ask(p.addr(), "psp.example.").await.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ask(p.addr(), "kyc.example.").await.metadata.response_code, ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn names_must_be_absolute() {
+        assert_eq!(normalize("PSP.Example.").unwrap(), "psp.example.");
+        assert!(normalize("psp.example").unwrap_err().contains("not an absolute name"));
+    }
+}

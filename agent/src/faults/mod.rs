@@ -496,3 +496,184 @@ impl FaultManager {
         Ok(format!("postgres {database:?} started again (pg_ctl start -w)"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Fixture {
+        m: Arc<FaultManager>,
+        lease: Arc<Lease>,
+        metrics: Arc<AgentMetrics>,
+    }
+
+    async fn fixture() -> Fixture {
+        let cfg = crate::config::parse("a.yaml", "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\n")
+            .expect("config");
+        let lease = Lease::new();
+        lease.granted(Instant::now());
+        let metrics = Arc::new(AgentMetrics::new());
+        let proxies = BTreeMap::from([("psp".to_string(), proxy::tests::proxy_to_echo().await)]);
+        let upstream = dns::tests::responder().await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dns = BTreeMap::from([("resolver".to_string(), DnsFaultProxy::start(sock, upstream).unwrap())]);
+        let m = FaultManager::new(Arc::new(cfg), lease.clone(), metrics.clone(), proxies, dns);
+        Fixture { m, lease, metrics }
+    }
+
+    fn params(fault: serde_json::Value, deadline_ms: u64, lost_ms: u64) -> serde_json::Value {
+        json!({"fault": fault, "deadline_ms": deadline_ms, "lost_coordinator_ms": lost_ms})
+    }
+
+    impl Fixture {
+        async fn run(&self, action: &str, run: &str, id: &str, p: serde_json::Value) -> StepOutcome {
+            self.m.execute(action, run, id, &p, Instant::now(), Duration::from_secs(10)).await
+        }
+
+        fn mode(&self) -> Mode {
+            self.m.proxy("psp").unwrap().mode()
+        }
+
+        fn gauge(&self) -> bool {
+            self.metrics.render().contains(&format!("drcut_agent_faults_active {}", self.m.active().len()))
+        }
+    }
+
+    fn reset() -> serde_json::Value {
+        json!({"type": "proxy", "proxy": "psp", "mode": "reset"})
+    }
+
+    #[tokio::test]
+    async fn inject_and_revert_are_idempotent() {
+        let f = fixture().await;
+        let o = f.run("fault.inject", "r1", "f1", params(reset(), 600_000, 30_000)).await;
+        assert!(o.ok && o.measurements.contains_key("inject_ms"), "{o:?}");
+        assert_eq!((f.mode(), f.m.active()), (Mode::Reset, vec!["r1/f1".to_string()]));
+        assert!(f.gauge());
+        // Again: ok, nothing refreshed (a different mode in the repeat is not applied).
+        let latency = json!({"type": "proxy", "proxy": "psp", "mode": "latency", "latency_ms": 5});
+        let o = f.run("fault.inject", "r1", "f1", params(latency.clone(), 600_000, 30_000)).await;
+        assert!(o.ok && o.detail.ends_with("already active"), "{o:?}");
+        assert_eq!(f.mode(), Mode::Reset);
+        // Another fault on the same proxy is refused.
+        let o = f.run("fault.inject", "r1", "f2", params(latency, 600_000, 30_000)).await;
+        assert!(!o.ok && o.detail.contains("fault.proxy: \"psp\" already carries fault r1/f1"), "{o:?}");
+        let o = f.run("fault.revert", "r1", "f1", json!({})).await;
+        assert!(o.ok && o.detail.contains("reverted") && o.measurements.contains_key("revert_ms"), "{o:?}");
+        assert_eq!((f.mode(), f.m.active().len()), (Mode::PassThrough, 0));
+        assert!(f.gauge());
+        let o = f.run("fault.revert", "r1", "f1", json!({})).await;
+        assert!(o.ok && o.detail.ends_with("not active"), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_injects_name_the_field_and_change_nothing() {
+        let f = fixture().await;
+        let e = |o: StepOutcome| {
+            assert!(!o.ok, "{o:?}");
+            o.detail
+        };
+        let p = params(json!({"type": "proxy", "proxy": "psp2", "mode": "reset"}), 600_000, 30_000);
+        let d = e(f.run("fault.inject", "r1", "f1", p).await);
+        assert!(d.ends_with(r#"fault.proxy: no proxy "psp2" in this agent's config (has: psp)"#), "{d}");
+        let p = params(json!({"type": "dns", "proxy": "dns9", "name": "a.example.", "answer": "nxdomain"}), 1, 1);
+        let d = e(f.run("fault.inject", "r1", "f1", p).await);
+        assert!(d.contains(r#"no DNS proxy "dns9" in this agent's config (has: resolver)"#), "{d}");
+        let p = params(json!({"type": "postgres_stop", "database": "wallet"}), 1, 1);
+        let d = e(f.run("fault.inject", "r1", "f1", p).await);
+        assert!(
+            d.contains(r#"fault.database: no postgres resource "wallet" in this agent's config (has: none)"#),
+            "{d}"
+        );
+        let p = params(json!({"type": "process_kill", "process": "app"}), 1, 1);
+        assert!(e(f.run("fault.inject", "r1", "f1", p).await).contains(r#"fault.process: no process "app""#));
+        let p = params(
+            json!({"type": "exec", "inject": ["/bin/sh", "-c", "echo boom >&2; exit 3"], "revert": ["/bin/true"]}),
+            1000,
+            1000,
+        );
+        let d = e(f.run("fault.inject", "r1", "f1", p).await);
+        assert!(d.contains("fault.inject: hook sh: exit status: 3: boom"), "{d}");
+        let d = e(f.run("fault.inject", "r1", "f1", json!({"fault": reset()})).await);
+        assert!(d.contains("missing field `deadline_ms`"), "{d}");
+        assert!(e(f.run("fault.revert", "r1", "f1", json!({"x": 1})).await).contains("unknown field `x`"));
+        assert!(e(f.run("fault.boom", "r1", "f1", json!({})).await).contains("unknown action"));
+        assert_eq!((f.mode(), f.m.active().len()), (Mode::PassThrough, 0));
+    }
+
+    #[tokio::test]
+    async fn halt_reverts_one_run_or_all() {
+        let f = fixture().await;
+        let dns = json!({"type": "dns", "proxy": "resolver", "name": "psp.example.", "answer": "servfail"});
+        let exec = json!({"type": "exec", "inject": ["/bin/true"], "revert": ["/bin/true"]});
+        assert!(f.run("fault.inject", "r1", "net", params(reset(), 600_000, 30_000)).await.ok);
+        assert!(f.run("fault.inject", "r1", "dns", params(dns, 600_000, 30_000)).await.ok);
+        assert!(f.run("fault.inject", "r2", "cmd", params(exec, 600_000, 30_000)).await.ok);
+        let resolver = f.m.dns_proxy("resolver").unwrap().addr();
+        let rcode = |r: hickory_proto::op::Message| r.metadata.response_code;
+        assert_eq!(rcode(dns::tests::ask(resolver, "psp.example.").await), hickory_proto::op::ResponseCode::ServFail);
+        let o = f.run("fault.halt", "", "", json!({"run_id": "r1"})).await;
+        assert!(o.ok && o.detail == "halt of drill run r1: reverted r1/dns, r1/net", "{o:?}");
+        assert_eq!(f.m.active(), ["r2/cmd"]);
+        assert_eq!(f.mode(), Mode::PassThrough);
+        assert_eq!(rcode(dns::tests::ask(resolver, "psp.example.").await), hickory_proto::op::ResponseCode::NoError);
+        let o = f.run("fault.halt", "", "", json!({})).await;
+        assert!(o.ok && o.detail == "halt of every drill: reverted r2/cmd", "{o:?}");
+        let o = f.run("fault.halt", "", "", json!({})).await;
+        assert!(o.ok && o.detail == "halt of every drill: no fault was active", "{o:?}");
+        assert!(f.gauge());
+    }
+
+    #[tokio::test]
+    async fn the_dead_man_switch_reverts_on_deadline_and_on_a_lost_lease() {
+        let f = fixture().await;
+        let t0 = Instant::now();
+        assert!(f.run("fault.inject", "r1", "f1", params(reset(), 1000, 600_000)).await.ok);
+        assert!(f.m.check_dead_man(t0 + Duration::from_millis(500)).await.is_empty());
+        let done = f.m.check_dead_man(t0 + Duration::from_secs(2)).await;
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0], (ref k, Expiry::Deadline { .. }) if k == "r1/f1"), "{done:?}");
+        assert_eq!((f.mode(), f.m.active().len()), (Mode::PassThrough, 0));
+
+        assert!(f.run("fault.inject", "r1", "f2", params(reset(), 600_000, 30_000)).await.ok);
+        f.lease.granted(Instant::now());
+        let since = f.lease.since();
+        assert!(f.m.check_dead_man(since + Duration::from_secs(30)).await.is_empty());
+        let done = f.m.check_dead_man(since + Duration::from_secs(31)).await;
+        assert!(
+            matches!(done[..], [(ref k, Expiry::LostCoordinator { without_lease, .. })] if k == "r1/f2" && without_lease == Duration::from_secs(31)),
+            "{done:?}"
+        );
+        assert_eq!((f.mode(), f.m.active().len()), (Mode::PassThrough, 0));
+        assert!(f.gauge());
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_runs_the_switch_by_itself() {
+        let f = fixture().await;
+        tokio::spawn(f.m.clone().watchdog());
+        assert!(f.run("fault.inject", "r1", "f1", params(reset(), 300, 600_000)).await.ok);
+        assert_eq!(f.mode(), Mode::Reset);
+        tokio::time::sleep(Duration::from_millis(300) + 3 * TICK).await;
+        assert_eq!((f.mode(), f.m.active().len()), (Mode::PassThrough, 0));
+    }
+
+    #[tokio::test]
+    async fn a_failed_revert_stays_active_and_is_retried_later() {
+        let f = fixture().await;
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("ok");
+        let exec = json!({"type": "exec", "inject": ["/bin/true"], "revert": ["/bin/test", "-e", flag]});
+        assert!(f.run("fault.inject", "r1", "f1", params(exec, 100, 600_000)).await.ok);
+        let o = f.run("fault.revert", "r1", "f1", json!({})).await;
+        assert!(!o.ok && o.detail.contains("revert failed (still active)"), "{o:?}");
+        assert_eq!(f.m.active(), ["r1/f1"]);
+        // The switch waits RETRY before trying again.
+        let now = Instant::now() + Duration::from_millis(200);
+        assert!(f.m.check_dead_man(now).await.is_empty());
+        std::fs::write(&flag, "").unwrap();
+        assert_eq!(f.m.check_dead_man(now + RETRY).await.len(), 1);
+        assert!(f.m.active().is_empty());
+    }
+}
