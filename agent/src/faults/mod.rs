@@ -64,6 +64,8 @@ pub const FAULT_STEP: u32 = u32::MAX - 1;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Between attempts at a revert that failed.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Bound on one revert by the dead-man switch (a database start included).
+pub const SWITCH_REVERT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// (run id, fault id).
 type Key = (String, String);
@@ -121,6 +123,7 @@ impl FaultManager {
                 .await
                 .map_err(|e| format!("faults.proxies.{name}.listen: cannot bind {}: {e}", p.listen))?;
             let proxy = FaultProxy::start(l, p.upstream).map_err(|e| format!("faults.proxies.{name}: {e}"))?;
+            tracing::info!(proxy = %name, listen = %proxy.addr(), upstream = %p.upstream, "fault proxy up (pass-through)");
             proxies.insert(name.clone(), proxy);
         }
         let mut dns = BTreeMap::new();
@@ -129,6 +132,7 @@ impl FaultManager {
                 .await
                 .map_err(|e| format!("faults.dns_proxies.{name}.listen: cannot bind {}: {e}", p.listen))?;
             let proxy = DnsFaultProxy::start(s, p.upstream).map_err(|e| format!("faults.dns_proxies.{name}: {e}"))?;
+            tracing::info!(proxy = %name, listen = %proxy.addr(), upstream = %p.upstream, "DNS fault proxy up (forwarding)");
             dns.insert(name.clone(), proxy);
         }
         Ok(FaultManager::new(cfg, lease, metrics, proxies, dns))
@@ -347,7 +351,7 @@ impl FaultManager {
         for (k, why) in due {
             tracing::warn!(fault = %key_str(&k), "DEAD-MAN SWITCH: reverting fault {}: {why}", key_str(&k));
             let o = self
-                .revert_locked(&k, Instant::now() + Duration::from_secs(60), &format!("dead-man switch: {why}"))
+                .revert_locked(&k, Instant::now() + SWITCH_REVERT_TIMEOUT, &format!("dead-man switch: {why}"))
                 .await;
             if o.ok && !o.detail.ends_with("not active") {
                 done.push((key_str(&k), why));
