@@ -680,4 +680,37 @@ mod tests {
         assert_eq!(f.m.check_dead_man(now + RETRY).await.len(), 1);
         assert!(f.m.active().is_empty());
     }
+
+    #[tokio::test]
+    async fn start_binds_the_configured_proxies_and_names_a_bind_failure() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = proxy::tests::echo_server().await;
+        let yaml = |listen: std::net::SocketAddr| {
+            format!(
+                "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nfaults:\n  proxies:\n    psp: {{ listen: \"{listen}\", upstream: \"{upstream}\" }}\n"
+            )
+        };
+        let start = async |listen| {
+            let cfg = Arc::new(crate::config::parse("a.yaml", &yaml(listen)).unwrap());
+            FaultManager::start(cfg, Lease::new(), Arc::new(AgentMetrics::new())).await
+        };
+        let e = start(taken.local_addr().unwrap()).await.err().expect("a bind failure");
+        assert!(
+            e.starts_with(&format!("faults.proxies.psp.listen: cannot bind {}", taken.local_addr().unwrap())),
+            "{e}"
+        );
+        // A free port: the proxy forwards at once, in pass-through.
+        let free = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let m = start(free).await.unwrap();
+        assert_eq!(m.proxy("psp").unwrap().mode(), Mode::PassThrough);
+        let mut s = tokio::net::TcpStream::connect(free).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"hi");
+    }
 }
