@@ -8,6 +8,8 @@
 //! up on it: timed out, retried, rolled back): it is cancelled before the new one starts, and its
 //! result is dropped. Otherwise a slow attempt's effect could land after newer work, e.g. a
 //! traffic phase after the rollback that undid it (found by the deterministic simulation).
+//! Rejoin fences and GameDay fault commands (`fault.*`, run by [`crate::faults`]) stand outside
+//! any run's sequence and are exempt both ways: a fault's revert must never be cancelled.
 
 use crate::config::AgentConfig;
 use crate::faults::{FAULT_STEP, FaultManager};
