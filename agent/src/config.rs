@@ -67,6 +67,37 @@ pub struct AgentConfig {
     pub resources: Resources,
     /// The checks, in file order.
     pub checks: Vec<CheckSpec>,
+    /// What GameDay drills may break on this host (see [`crate::faults`]).
+    pub faults: FaultsConfig,
+}
+
+/// The `faults:` section: the fault proxies the agent runs and the processes it may kill.
+#[derive(Debug, Default, Clone)]
+pub struct FaultsConfig {
+    /// TCP fault proxies by name, pass-through until a fault switches one.
+    pub proxies: BTreeMap<String, ProxySpec>,
+    /// DNS (UDP) fault proxies by name, forwarding until a fault fails a name.
+    pub dns_proxies: BTreeMap<String, ProxySpec>,
+    /// Processes a `process_kill` fault may kill, by name.
+    pub processes: BTreeMap<String, ProcessSpec>,
+}
+
+/// Where a fault proxy listens and what it forwards to, both on loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySpec {
+    /// The address clients dial instead of the upstream.
+    pub listen: SocketAddr,
+    /// The real dependency.
+    pub upstream: SocketAddr,
+}
+
+/// A process a fault may kill, and how to start it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// Absolute path of the file holding its pid.
+    pub pidfile: PathBuf,
+    /// argv that starts it again on revert (none: it stays down until someone starts it).
+    pub start: Option<Vec<String>>,
 }
 
 /// One check, ready to schedule.
@@ -258,6 +289,33 @@ struct RawConfig {
     resources: RawResources,
     #[serde(default)]
     checks: Vec<RawCheck>,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    #[serde(default)]
+    proxies: BTreeMap<String, RawProxy>,
+    #[serde(default)]
+    dns_proxies: BTreeMap<String, RawProxy>,
+    #[serde(default)]
+    processes: BTreeMap<String, RawProcess>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: String,
+    upstream: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    pidfile: PathBuf,
+    start: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -462,6 +520,7 @@ impl Ctx<'_> {
         };
         self.check_timing(&defaults, "defaults")?;
         let resources = self.resources(raw.resources)?;
+        let faults = self.faults(raw.faults)?;
         let mut checks: Vec<CheckSpec> = Vec::with_capacity(raw.checks.len());
         for (i, c) in raw.checks.into_iter().enumerate() {
             let at = format!("checks[{i}]");
@@ -479,7 +538,52 @@ impl Ctx<'_> {
             metrics_listen,
             resources,
             checks,
+            faults,
         })
+    }
+
+    /// The `faults:` section. Every address is loopback: a drill breaks this host's view of a
+    /// dependency, and a proxy that listens on or forwards to other hosts would be a way to
+    /// break (or reach) something outside it.
+    fn faults(&self, raw: RawFaults) -> Result<FaultsConfig, ConfigError> {
+        let mut out = FaultsConfig::default();
+        for (section, raws, into) in
+            [("proxies", raw.proxies, &mut out.proxies), ("dns_proxies", raw.dns_proxies, &mut out.dns_proxies)]
+        {
+            for (name, r) in raws {
+                let at = format!("faults.{section}.{name}");
+                dns_label(&name).map_err(|m| self.err(&at, m))?;
+                let listen = loopback_addr(&r.listen).map_err(|m| self.err(format!("{at}.listen"), m))?;
+                let upstream = loopback_addr(&r.upstream).map_err(|m| self.err(format!("{at}.upstream"), m))?;
+                if listen == upstream {
+                    return Err(
+                        self.err(format!("{at}.upstream"), format!("{upstream} is the proxy's own listen address"))
+                    );
+                }
+                if let Some((other, _)) = into.iter().find(|(_, s)| s.listen == listen) {
+                    return Err(
+                        self.err(format!("{at}.listen"), format!("{listen} is also faults.{section}.{other}.listen"))
+                    );
+                }
+                into.insert(name, ProxySpec { listen, upstream });
+            }
+        }
+        for (name, r) in raw.processes {
+            let at = format!("faults.processes.{name}");
+            dns_label(&name).map_err(|m| self.err(&at, m))?;
+            if !r.pidfile.is_absolute() {
+                return Err(
+                    self.err(format!("{at}.pidfile"), format!("{} is not an absolute path", r.pidfile.display()))
+                );
+            }
+            if let Some(argv) = &r.start
+                && argv.first().is_none_or(|p| p.trim().is_empty())
+            {
+                return Err(self.err(format!("{at}.start"), "list the program and its arguments (or leave it out)"));
+            }
+            out.processes.insert(name, ProcessSpec { pidfile: r.pidfile, start: r.start });
+        }
+        Ok(out)
     }
 
     fn check_timing(&self, t: &Timing, at: &str) -> Result<(), ConfigError> {
@@ -948,6 +1052,15 @@ fn ip_port(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A loopback `IPv4:port` (127.0.0.0/8) with a non-zero port.
+fn loopback_addr(s: &str) -> Result<SocketAddr, String> {
+    let a = ip_port(s)?;
+    match a.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_loopback() => Ok(a),
+        _ => Err(format!("{s:?} is not a loopback address (127.0.0.0/8)")),
+    }
+}
+
 /// An absolute `http://` or `https://` URL with a host.
 fn http_url(s: &str) -> Result<Url, String> {
     let u = Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
@@ -1346,5 +1459,67 @@ checks:
         assert_eq!(join_path(&base, "/health").unwrap().as_str(), "http://127.0.0.1:8080/api/health");
         assert_eq!(join_path(&base, "health").unwrap().as_str(), "http://127.0.0.1:8080/api/health");
         assert_eq!(join_path(&base, "").unwrap().as_str(), "http://127.0.0.1:8080/api/");
+    }
+
+    const FAULTS: &str = r#"
+faults:
+  proxies:
+    psp: { listen: 127.0.0.21:18443, upstream: 127.0.0.22:8443 }
+  dns_proxies:
+    resolver: { listen: 127.0.0.21:5353, upstream: 127.0.0.30:53 }
+  processes:
+    casino-app: { pidfile: /tmp/casino.pid, start: ["/usr/bin/casino", "--port", "8080"] }
+    worker: { pidfile: /run/worker.pid }
+"#;
+
+    #[test]
+    fn faults_section_loads() {
+        let c = parse_env(&format!("{MINIMAL}{FAULTS}")).unwrap();
+        let f = &c.faults;
+        assert_eq!(
+            f.proxies["psp"],
+            ProxySpec { listen: "127.0.0.21:18443".parse().unwrap(), upstream: "127.0.0.22:8443".parse().unwrap() }
+        );
+        assert_eq!(f.dns_proxies["resolver"].upstream, "127.0.0.30:53".parse().unwrap());
+        assert_eq!(f.processes["casino-app"].start.as_deref().unwrap()[0], "/usr/bin/casino");
+        assert_eq!(f.processes["worker"], ProcessSpec { pidfile: "/run/worker.pid".into(), start: None });
+        // No section: nothing to break.
+        let none = parse_env(MINIMAL).unwrap();
+        assert!(none.faults.proxies.is_empty() && none.faults.processes.is_empty());
+    }
+
+    #[test]
+    fn faults_section_is_checked() {
+        let with = |from: &str, to: &str| {
+            assert_eq!(FAULTS.matches(from).count(), 1, "{from}");
+            format!("{MINIMAL}{}", FAULTS.replace(from, to))
+        };
+        let e = err(&with("upstream: 127.0.0.22:8443", "upstream: 10.0.0.22:8443"));
+        assert_eq!(e.field, "faults.proxies.psp.upstream");
+        assert!(e.message.contains("\"10.0.0.22:8443\" is not a loopback address"), "{e}");
+        let e = err(&with("listen: 127.0.0.21:5353", "listen: 0.0.0.0:5353"));
+        assert_eq!(e.field, "faults.dns_proxies.resolver.listen");
+        let e = err(&with("listen: 127.0.0.21:5353", "listen: '[::1]:5353'"));
+        assert_eq!(e.field, "faults.dns_proxies.resolver.listen");
+        let e = err(&with("listen: 127.0.0.21:18443", "listen: psp.local:18443"));
+        assert!(e.field == "faults.proxies.psp.listen" && e.message.contains("not IP:port"), "{e}");
+        let e = err(&with("listen: 127.0.0.21:18443", "listen: 127.0.0.22:8443"));
+        assert!(e.message.contains("own listen address"), "{e}");
+        let e = err(&with(
+            "psp: { listen: 127.0.0.21:18443, upstream: 127.0.0.22:8443 }",
+            "psp: { listen: 127.0.0.21:18443, upstream: 127.0.0.22:8443 }\n    psp2: { listen: 127.0.0.21:18443, upstream: 127.0.0.23:1 }",
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("faults.proxies.psp2.listen", "127.0.0.21:18443 is also faults.proxies.psp.listen")
+        );
+        let e = err(&with("pidfile: /run/worker.pid", "pidfile: worker.pid"));
+        assert_eq!(e.field, "faults.processes.worker.pidfile");
+        let e = err(&with("pidfile: /run/worker.pid", "pidfile: /run/worker.pid, start: []"));
+        assert_eq!(e.field, "faults.processes.worker.start");
+        let e = err(&with("pidfile: /run/worker.pid", "pidfile: /run/worker.pid, user: x"));
+        assert_eq!(e.field, "faults.processes.worker.user");
+        let e = err(&with("psp:", "PSP:"));
+        assert_eq!(e.field, "faults.proxies.PSP");
     }
 }

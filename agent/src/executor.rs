@@ -8,8 +8,11 @@
 //! up on it: timed out, retried, rolled back): it is cancelled before the new one starts, and its
 //! result is dropped. Otherwise a slow attempt's effect could land after newer work, e.g. a
 //! traffic phase after the rollback that undid it (found by the deterministic simulation).
+//! Rejoin fences and GameDay fault commands (`fault.*`, run by [`crate::faults`]) stand outside
+//! any run's sequence and are exempt both ways: a fault's revert must never be cancelled.
 
 use crate::config::AgentConfig;
+use crate::faults::{FAULT_STEP, FaultManager};
 use crate::steps::{self, StepContext};
 use drcut_proto::v1::{StepCommand, StepResult};
 use std::collections::HashMap;
@@ -24,6 +27,12 @@ type Key = (String, u32, i32, bool, u32);
 /// any run's sequence, so it neither supersedes nor is superseded.
 const REJOIN_STEP: u32 = u32::MAX;
 
+/// Commands outside any run's sequence (a rejoin fence, GameDay faults): they neither
+/// supersede nor are superseded. A fault's revert must never be cancelled by a newer step.
+fn unsequenced(step_index: u32) -> bool {
+    step_index == REJOIN_STEP || step_index == FAULT_STEP
+}
+
 /// An attempt in progress.
 struct Running {
     /// Its service (or run id, from an older coordinator).
@@ -36,6 +45,7 @@ struct Running {
 /// Executes step commands and queues their results for the session.
 pub struct Executor {
     cfg: Arc<AgentConfig>,
+    faults: Arc<FaultManager>,
     max_token: AtomicU64,
     done: Mutex<HashMap<Key, StepResult>>,
     running: Mutex<HashMap<Key, Running>>,
@@ -61,17 +71,27 @@ fn result(c: &StepCommand, ok: bool, detail: String) -> StepResult {
 }
 
 impl Executor {
-    /// An executor whose results go to the returned receiver (drained by the session).
-    pub fn new(cfg: Arc<AgentConfig>) -> (Arc<Executor>, mpsc::UnboundedReceiver<StepResult>) {
+    /// An executor whose results go to the returned receiver (drained by the session);
+    /// `fault.*` commands go to `faults`.
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        faults: Arc<FaultManager>,
+    ) -> (Arc<Executor>, mpsc::UnboundedReceiver<StepResult>) {
         let (out, rx) = mpsc::unbounded_channel();
         let e = Executor {
             cfg,
+            faults,
             max_token: AtomicU64::new(0),
             done: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             out,
         };
         (Arc::new(e), rx)
+    }
+
+    /// The GameDay faults this executor injects.
+    pub fn faults(&self) -> &Arc<FaultManager> {
+        &self.faults
     }
 
     /// Handles one command (returns at once; execution runs in the background).
@@ -89,10 +109,10 @@ impl Executor {
         // Anything still running for the same service (else the same run), other than this very
         // attempt, was given up by the coordinator: cancel it before anything newer happens.
         let scope = if cmd.service.is_empty() { cmd.run_id.clone() } else { cmd.service.clone() };
-        if cmd.step_index != REJOIN_STEP {
+        if !unsequenced(cmd.step_index) {
             let older: Vec<Key> = running
                 .iter()
-                .filter(|(o, r)| r.scope == scope && o.1 != REJOIN_STEP && **o != k && r.token < cmd.fencing_token)
+                .filter(|(o, r)| r.scope == scope && !unsequenced(o.1) && **o != k && r.token < cmd.fencing_token)
                 .map(|(o, _)| o.clone())
                 .collect();
             for o in older {
@@ -114,6 +134,8 @@ impl Executor {
         let token = cmd.fencing_token;
         let this = self.clone();
         let k2 = k.clone();
+        // A fault's deadline counts from arrival, not from when its task first runs.
+        let received = tokio::time::Instant::now();
         let task = tokio::spawn(async move {
             let k = k2;
             tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, action = %cmd.action, attempt = cmd.attempt, fencing_token = cmd.fencing_token, "step start");
@@ -123,7 +145,11 @@ impl Executor {
                 timeout: Duration::from_millis(cmd.timeout_ms.max(1) as u64),
             };
             let started = tokio::time::Instant::now();
-            let mut o = steps::execute(&cmd.action, &params, &ctx).await;
+            let mut o = if cmd.action.starts_with("fault.") {
+                this.faults.execute(&cmd.action, &cmd.run_id, &cmd.step_id, &params, received, ctx.timeout).await
+            } else {
+                steps::execute(&cmd.action, &params, &ctx).await
+            };
             // Time inside the action, so a run can tell the coordinator's own overhead apart.
             o.measurements.insert("exec_ms".into(), started.elapsed().as_secs_f64() * 1000.0);
             tracing::info!(run_id = %cmd.run_id, step = %cmd.step_id, ok = o.ok, detail = %o.detail, "step done");
@@ -144,6 +170,14 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn executor(cfg: AgentConfig) -> (Arc<Executor>, mpsc::UnboundedReceiver<StepResult>) {
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(crate::metrics::AgentMetrics::new());
+        let faults =
+            FaultManager::new(cfg.clone(), crate::lease::Lease::new(), metrics, Default::default(), Default::default());
+        Executor::new(cfg, faults)
+    }
 
     fn cmd(token: u64, attempt: u32) -> StepCommand {
         StepCommand {
@@ -168,7 +202,7 @@ mod tests {
             "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nchecks: []\n",
         )
         .expect("config");
-        let (ex, mut rx) = Executor::new(Arc::new(cfg));
+        let (ex, mut rx) = executor(cfg);
         ex.handle(cmd(10, 1));
         let first = rx.recv().await.unwrap();
         assert!(!first.ok && first.detail.contains("unknown action"), "{first:?}");
@@ -189,7 +223,7 @@ mod tests {
             "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nchecks: []\n",
         )
         .expect("config");
-        let (ex, mut rx) = Executor::new(Arc::new(cfg));
+        let (ex, mut rx) = executor(cfg);
         let mut slow = cmd(10, 1);
         slow.action = "hook".into();
         slow.params_json = r#"{"exec": ["/bin/sleep", "1"]}"#.into();
@@ -202,5 +236,59 @@ mod tests {
         // The superseded attempt never reports, even after it would have finished.
         let late = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
         assert!(late.is_err(), "a superseded attempt reported: {late:?}");
+    }
+
+    fn fault(token: u64, attempt: u32, action: &str, params: &str) -> StepCommand {
+        StepCommand {
+            step_id: "f1".into(),
+            step_index: FAULT_STEP,
+            action: action.into(),
+            params_json: params.into(),
+            timeout_ms: 5000,
+            service: String::new(),
+            ..cmd(token, attempt)
+        }
+    }
+
+    #[tokio::test]
+    async fn fault_commands_neither_supersede_nor_are_superseded() {
+        let cfg = crate::config::parse(
+            "a.yaml",
+            "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\nchecks: []\n",
+        )
+        .expect("config");
+        let (ex, mut rx) = executor(cfg);
+        let recv = async |rx: &mut mpsc::UnboundedReceiver<StepResult>| {
+            tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.expect("a result").unwrap()
+        };
+        // A slow step of run r, then a slow fault inject with a newer token: the step finishes.
+        let mut slow = cmd(10, 1);
+        slow.service = String::new();
+        slow.action = "hook".into();
+        slow.params_json = r#"{"exec": ["/bin/sleep", "0.3"]}"#.into();
+        ex.handle(slow);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let inject = r#"{"fault": {"type": "exec", "inject": ["/bin/sleep", "0.8"], "revert": ["/bin/true"]},
+            "deadline_ms": 60000, "lost_coordinator_ms": 60000}"#;
+        ex.handle(fault(11, 2, "fault.inject", inject));
+        let r = recv(&mut rx).await;
+        assert_eq!((r.attempt, r.ok), (1, true), "{r:?}");
+        // A newer step of the run while the inject runs: the inject is not cancelled.
+        let mut newer = cmd(12, 3);
+        newer.service = String::new();
+        ex.handle(newer);
+        let r = recv(&mut rx).await;
+        assert_eq!((r.attempt, r.ok), (3, false), "{r:?}");
+        let r = recv(&mut rx).await;
+        assert_eq!((r.attempt, r.ok), (2, true), "{r:?}");
+        assert!(r.measurements.contains_key("inject_ms"), "{r:?}");
+        assert_eq!(ex.faults().active(), ["r/f1"]);
+        // Repeats get the recorded result; revert and halt route to the manager.
+        ex.handle(fault(13, 2, "fault.inject", inject));
+        assert!(rx.recv().await.unwrap().detail.contains("injected"));
+        ex.handle(fault(13, 4, "fault.revert", "{}"));
+        let r = rx.recv().await.unwrap();
+        assert!(r.ok && r.detail.contains("reverted") && r.measurements.contains_key("revert_ms"), "{r:?}");
+        assert!(ex.faults().active().is_empty());
     }
 }

@@ -13,10 +13,13 @@
 //!   step commands from it to the [`executor`], which runs [`steps`] against real systems.
 //! - [`pgdata`]: a PostgreSQL data directory on this host: `pg_ctl`, offline fences, rebuilds.
 //! - [`lease`]: the lease from the coordinator quorum, and self-fencing when it runs out.
+//! - [`faults`]: GameDay faults the executor injects on a drill's behalf (fault proxies,
+//!   stopped databases, killed processes), each with a dead-man switch on that lease.
 //! - [`metrics`]: Prometheus `/metrics`.
 pub mod checks;
 pub mod config;
 pub mod executor;
+pub mod faults;
 pub mod lease;
 pub mod metrics;
 pub mod pgdata;

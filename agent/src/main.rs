@@ -1,7 +1,7 @@
 //! `drcut-agent --config agent.yaml`: the region agent.
 
 use clap::Parser;
-use drcut_agent::{config, executor, lease, metrics, runner, session, tls};
+use drcut_agent::{config, executor, faults, lease, metrics, runner, session, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -62,7 +62,17 @@ async fn main() -> ExitCode {
     }
     println!("drcut-agent: {} in {} running {} checks", cfg.agent_id, cfg.region, specs_for_hello.len());
     let file = args.config.display().to_string();
-    let (executor, results) = executor::Executor::new(cfg.clone());
+    // The fault proxies start with the agent and stay up for its life; a bind failure is a
+    // config error, like metrics_listen's.
+    let faults = match faults::FaultManager::start(cfg.clone(), lease.clone(), metrics.clone()).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("drcut-agent: config error: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    tokio::spawn(faults.clone().watchdog());
+    let (executor, results) = executor::Executor::new(cfg.clone(), faults);
     tokio::spawn(lease::run(cfg.clone(), lease.clone(), metrics.clone()));
     let links = session::Links { reports: rx, results, executor, lease };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

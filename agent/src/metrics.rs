@@ -39,6 +39,8 @@ pub struct AgentMetrics {
     pub self_fenced: Family<Labels, Gauge>,
     /// Per database: self-fences done.
     pub self_fences: Family<Labels, Counter>,
+    /// GameDay faults injected and not reverted yet.
+    pub faults_active: Gauge,
 }
 
 impl AgentMetrics {
@@ -82,6 +84,12 @@ impl AgentMetrics {
             self_fenced.clone(),
         );
         registry.register("drcut_agent_self_fences", "Self-fences done, per database", self_fences.clone());
+        let faults_active = Gauge::default();
+        registry.register(
+            "drcut_agent_faults_active",
+            "GameDay faults injected by this agent and not reverted yet",
+            faults_active.clone(),
+        );
         AgentMetrics {
             registry,
             values,
@@ -92,6 +100,7 @@ impl AgentMetrics {
             lease_age_seconds,
             self_fenced,
             self_fences,
+            faults_active,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::config::{AgentConfig, CheckSpec};
 use crate::executor::Executor;
+use crate::faults::FaultManager;
 use crate::lease::{self, Lease};
 use crate::metrics::AgentMetrics;
 use drcut_proto::v1::agent_link_client::AgentLinkClient;
@@ -53,6 +54,12 @@ fn hello(cfg: &AgentConfig, checks: &[CheckInfo]) -> Hello {
         checks: checks.to_vec(),
         self_fence_after_ms: lease::self_fence_after_ms(cfg),
     }
+}
+
+/// A heartbeat; it tells the coordinator which GameDay faults are still injected, so one the
+/// dead-man switch reverted shows up as gone.
+pub fn heartbeat_message(seq: u64, faults: &FaultManager) -> Heartbeat {
+    Heartbeat { seq, active_faults: faults.active() }
 }
 
 /// The channels a session carries besides its own stream.
@@ -158,7 +165,7 @@ async fn session(
                 while sent.len() > 64 {
                     sent.pop_first();
                 }
-                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { seq: hb_seq, ..Default::default() })) }).await.is_err() {
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(heartbeat_message(hb_seq, links.executor.faults()))) }).await.is_err() {
                     metrics.session.set(0);
                     return End::Lost("session closed".into(), open);
                 }
@@ -220,5 +227,27 @@ pub async fn run(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn heartbeats_list_the_active_faults() {
+        let cfg = Arc::new(
+            crate::config::parse("a.yaml", "agent_id: a\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\n").unwrap(),
+        );
+        let faults =
+            FaultManager::new(cfg, Lease::new(), Arc::new(AgentMetrics::new()), Default::default(), Default::default());
+        assert_eq!(heartbeat_message(1, &faults), Heartbeat { seq: 1, active_faults: vec![] });
+        let exec = serde_json::json!({"fault": {"type": "exec", "inject": ["/bin/true"], "revert": ["/bin/true"]},
+            "deadline_ms": 60000, "lost_coordinator_ms": 60000});
+        let now = tokio::time::Instant::now();
+        for (run, id) in [("r2", "a"), ("r1", "b"), ("r1", "a")] {
+            assert!(faults.execute("fault.inject", run, id, &exec, now, Duration::from_secs(5)).await.ok);
+        }
+        assert_eq!(heartbeat_message(2, &faults).active_faults, ["r1/a", "r1/b", "r2/a"]);
     }
 }

@@ -262,3 +262,31 @@ pub fn postgres_resource_yaml(
     }
     out
 }
+
+/// An agent config's `faults:` section (for appending at the top level): TCP proxies and DNS
+/// proxies as (name, listen, upstream), processes as (name, pidfile, start argv).
+pub fn faults_yaml(
+    proxies: &[(&str, std::net::SocketAddr, std::net::SocketAddr)],
+    dns_proxies: &[(&str, std::net::SocketAddr, std::net::SocketAddr)],
+    processes: &[(&str, &Path, Option<&[&str]>)],
+) -> String {
+    let mut out = String::from("faults:\n");
+    for (section, list) in [("proxies", proxies), ("dns_proxies", dns_proxies)] {
+        if !list.is_empty() {
+            out.push_str(&format!("  {section}:\n"));
+        }
+        for (name, listen, upstream) in list {
+            out.push_str(&format!("    {name}: {{ listen: \"{listen}\", upstream: \"{upstream}\" }}\n"));
+        }
+    }
+    if !processes.is_empty() {
+        out.push_str("  processes:\n");
+    }
+    for (name, pidfile, start) in processes {
+        // JSON strings and arrays are YAML flow scalars and sequences.
+        let pidfile = serde_json::Value::from(pidfile.display().to_string());
+        let start = start.map(|a| format!(", start: {}", serde_json::json!(a))).unwrap_or_default();
+        out.push_str(&format!("    {name}: {{ pidfile: {pidfile}{start} }}\n"));
+    }
+    out
+}

@@ -505,7 +505,7 @@ async fn read_into(mut from: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
     }
 }
 
-async fn run_exec(argv: &[String], ctx: &StepContext<'_>, deadline: Instant) -> Result<StepOutcome, String> {
+pub(crate) async fn run_exec(argv: &[String], ctx: &StepContext<'_>, deadline: Instant) -> Result<StepOutcome, String> {
     let Some(program) = argv.first().filter(|p| !p.trim().is_empty()) else {
         return Err("param exec: list the program and its arguments".into());
     };
