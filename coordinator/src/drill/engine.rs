@@ -31,15 +31,22 @@ const RESEND_MS: i64 = 3000;
 const HEARTBEAT_GRACE_MS: i64 = 2500;
 /// How long the restore waits for steady state to hold again.
 const STEADY_AFTER_WAIT_MS: i64 = 60_000;
+/// Acknowledged canary writes before the first fault goes in (the baseline).
+const BASELINE_WRITES: u64 = 10;
 /// How often the scheduler looks at the calendar.
 const SCHEDULE_EVERY_MS: i64 = 500;
+
+/// A fault command: (drill run, fault, revert).
+type SentKey = (String, String, bool);
+/// When it was last sent: (term, attempt, leader time).
+type Sent = (u64, u32, i64);
 
 /// Leader-local memory of the drill engine.
 #[derive(Default)]
 pub struct DrillMem {
     canaries: Mutex<BTreeMap<String, CanaryHandle>>,
-    /// (drill, fault, revert) → (term, attempt, sent at).
-    sent: Mutex<BTreeMap<(String, String, bool), (u64, u32, i64)>>,
+    /// What this leader sent, for resends.
+    sent: Mutex<BTreeMap<SentKey, Sent>>,
     /// (drill, guardrail) → breached since.
     breach: Mutex<BTreeMap<(String, String), i64>>,
     /// Newest drill halt this leader broadcast to every agent.
@@ -472,8 +479,8 @@ async fn inject(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             }
             true
         };
-        // A baseline first: the canary must have written before anything breaks.
-        if started && d.canary.acked.is_empty() && now - d.state_since_ms < 10_000 {
+        // A baseline first: the canary must have written steadily before anything breaks.
+        if started && d.canary.acked_count() < BASELINE_WRITES && now - d.state_since_ms < 10_000 {
             return;
         }
     }
