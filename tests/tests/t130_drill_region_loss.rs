@@ -82,7 +82,7 @@ async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
         .as_array()
         .map(|a| a.iter().map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0) + 1).sum())
         .unwrap_or(0);
-    ensure!(acked > 20, "the canary wrote through the drill: {acked} acknowledged");
+    ensure!(acked > 10, "the canary wrote before and after the failover: {acked} acknowledged");
     ensure!(rec["canary"]["missing"].as_array().is_some_and(|m| m.is_empty()), "RPO: {}", rec["canary"]);
 
     // Cross-check the canary's account on the primary it failed back to.

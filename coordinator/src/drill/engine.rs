@@ -706,6 +706,18 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             continue;
         }
         pending = true;
+        // A stopped old primary starts again only once it is fenced: otherwise it would come
+        // back writable beside the new primary.
+        if matches!(f.kind, super::spec::FaultKind::PostgresStop { .. })
+            && app
+                .view
+                .services()
+                .get(&d.spec.service)
+                .and_then(|sv| sv.fences.get(&f.region))
+                .is_some_and(|o| o.done_ms == 0)
+        {
+            continue;
+        }
         if st.revert_dispatched_ms == 0 {
             let token = app.engine.fencing_token(term);
             if commit(app, &d.id, DrillOp::FaultDispatch { fault: f.id.clone(), revert: true, token }).await

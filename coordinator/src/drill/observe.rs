@@ -78,7 +78,8 @@ pub fn region_down(rep: &ReplicatedHealth, region: &str, after_ms: i64) -> Optio
 }
 
 /// The RTO milestones a response run shows: run started, traffic at 100 % (the last phase of
-/// the last traffic step), DNS answers converged (the last verified DNS change), run ended.
+/// the last traffic step), DNS answers converged (the last DNS change plus its TTL: by then no
+/// resolver can still serve an old answer), run ended.
 pub fn run_milestones(rec: &RunRecord) -> Vec<(&'static str, i64)> {
     let mut out = vec![(milestone::RUN_STARTED, rec.created_ms)];
     let steps = &rec.run.plan.steps;
@@ -91,8 +92,10 @@ pub fn run_milestones(rec: &RunRecord) -> Vec<(&'static str, i64)> {
         if st.act.action == "shift_traffic" && a.work.phase.is_some() && a.work.phase == last_phase {
             traffic = traffic.max(Some(a.finished_ms));
         }
-        if a.measurements.contains_key("converged_ms") {
-            dns = dns.max(Some(a.finished_ms));
+        // Every resolver holds the new answer once the last change's TTL has run out.
+        if matches!(st.act.action.as_str(), "repoint_clients" | "shift_traffic") {
+            let ttl_ms = st.act.with.get("ttl").and_then(|t| t.as_i64()).unwrap_or(0) * 1000;
+            dns = dns.max(Some(a.finished_ms + ttl_ms));
         }
     }
     if let Some(t) = traffic {

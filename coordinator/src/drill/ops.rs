@@ -219,8 +219,8 @@ impl DrillRun {
                 if self.milestones.contains_key(name) {
                     return Ok(false);
                 }
+                // The report's timeline shows milestones beside the events.
                 self.milestones.insert(name.clone(), *at_ms);
-                event(self, format!("milestone {name}"));
             }
             DrillOp::Enter { state, why } => {
                 if *state <= self.state || *state == DrillState::Done {

@@ -185,7 +185,7 @@ pub mod milestone {
     pub const WRITES_AVAILABLE: &str = "writes_available";
     /// The last traffic phase (100 %) completed.
     pub const TRAFFIC_100: &str = "traffic_100";
-    /// DNS answers verified on the new target.
+    /// The last DNS change plus its TTL: no resolver cache can still hold an old answer.
     pub const DNS_CONVERGED: &str = "dns_converged";
     /// The response run ended.
     pub const RESPONSE_ENDED: &str = "response_ended";

@@ -251,17 +251,28 @@ async fn get(client: &Client, id: &str) -> Result<pb::DrillRunInfo, Fail> {
 
 /// Polls the drill run, printing each new timeline entry, until it ends.
 async fn follow(cli: &Cli, client: &Client, id: &str) -> Result<pb::DrillRunInfo, Fail> {
-    let mut printed = 0;
+    let mut printed = std::collections::BTreeSet::new();
     loop {
         let info = get(client, id).await?;
         let rec: Value = serde_json::from_str(&info.record_json).unwrap_or(Value::Null);
-        let events = rec["events"].as_array().cloned().unwrap_or_default();
-        if !cli.json {
-            for e in events.iter().skip(printed) {
-                println!("{}  {}", fmt_time(e["at_ms"].as_i64().unwrap_or(0)), e["what"].as_str().unwrap_or(""));
+        // Events and milestones, each printed once, in time order.
+        let mut lines: Vec<(i64, String)> = rec["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| (e["at_ms"].as_i64().unwrap_or(0), e["what"].as_str().unwrap_or("").to_string()))
+            .collect();
+        if let Some(m) = rec["milestones"].as_object() {
+            lines.extend(
+                m.iter().map(|(k, v)| (v.as_i64().unwrap_or(0), format!("milestone: {}", k.replace('_', " ")))),
+            );
+        }
+        lines.sort();
+        for line in lines {
+            if printed.insert(line.clone()) && !cli.json {
+                println!("{}  {}", fmt_time(line.0), line.1);
             }
         }
-        printed = events.len();
         if info.state == "done" {
             return Ok(info);
         }
