@@ -542,9 +542,9 @@ impl Ctx<'_> {
         })
     }
 
-    /// The `faults:` section. Every address is loopback: a drill breaks this host's view of a
-    /// dependency, and a proxy that listens on or forwards to other hosts would be a way to
-    /// break (or reach) something outside it.
+    /// The `faults:` section. A proxy listens on loopback only (a sidecar: the application on
+    /// this host is pointed at it, and nothing outside the host can reach or break through it);
+    /// its upstream is the real dependency, wherever it lives.
     fn faults(&self, raw: RawFaults) -> Result<FaultsConfig, ConfigError> {
         let mut out = FaultsConfig::default();
         for (section, raws, into) in
@@ -554,7 +554,7 @@ impl Ctx<'_> {
                 let at = format!("faults.{section}.{name}");
                 dns_label(&name).map_err(|m| self.err(&at, m))?;
                 let listen = loopback_addr(&r.listen).map_err(|m| self.err(format!("{at}.listen"), m))?;
-                let upstream = loopback_addr(&r.upstream).map_err(|m| self.err(format!("{at}.upstream"), m))?;
+                let upstream = ip_port(&r.upstream).map_err(|m| self.err(format!("{at}.upstream"), m))?;
                 if listen == upstream {
                     return Err(
                         self.err(format!("{at}.upstream"), format!("{upstream} is the proxy's own listen address"))
@@ -1494,9 +1494,12 @@ faults:
             assert_eq!(FAULTS.matches(from).count(), 1, "{from}");
             format!("{MINIMAL}{}", FAULTS.replace(from, to))
         };
-        let e = err(&with("upstream: 127.0.0.22:8443", "upstream: 10.0.0.22:8443"));
-        assert_eq!(e.field, "faults.proxies.psp.upstream");
-        assert!(e.message.contains("\"10.0.0.22:8443\" is not a loopback address"), "{e}");
+        // The upstream is the real dependency; only where the proxy listens is restricted.
+        assert!(parse_env(&with("upstream: 127.0.0.22:8443", "upstream: 10.0.0.22:8443")).is_ok());
+        let e = err(&with("upstream: 127.0.0.22:8443", "upstream: psp.example:8443"));
+        assert!(e.field == "faults.proxies.psp.upstream" && e.message.contains("not IP:port"), "{e}");
+        let e = err(&with("listen: 127.0.0.21:18443", "listen: 10.0.0.21:18443"));
+        assert!(e.field == "faults.proxies.psp.listen" && e.message.contains("not a loopback address"), "{e}");
         let e = err(&with("listen: 127.0.0.21:5353", "listen: 0.0.0.0:5353"));
         assert_eq!(e.field, "faults.dns_proxies.resolver.listen");
         let e = err(&with("listen: 127.0.0.21:5353", "listen: '[::1]:5353'"));

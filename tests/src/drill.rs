@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use drcut_proto::v1 as pb;
 use tokio::time::Instant;
 
-use crate::cutover::HEALTH;
+use crate::cutover::{Env, HEALTH};
 use crate::health::{HEALTH_WAIT, agent_yaml, wait_region};
 use crate::{AgentProc, Cluster, FaultProxy, TestHttp};
 
@@ -164,4 +164,48 @@ pub async fn wait_drill_started(cluster: &Cluster, drill: &str, timeout: Duratio
 pub fn started_drill_id(stdout: &str) -> Result<String> {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout}"))?;
     Ok(v["id"].as_str().context("no id")?.to_string())
+}
+
+/// The region-loss drill of the cutover environment ([`Env`] with a witness and eu-west's data
+/// dir): stop eu-west's primary hard, fail over with `wallet-failover` (unplanned), count RPO
+/// with a canary over both databases, fail back with `wallet-failback`.
+pub fn region_loss_drill(env: &Env) -> String {
+    let (w, c) = (env.west_ip(), env.central_ip());
+    let (pw, pc) = (env.pg.primary_addr().port(), env.pg.standby_addr().port());
+    format!(
+        r#"apiVersion: drcut/v1
+kind: Drill
+metadata: {{ name: region-loss, owner: platform-sre }}
+spec:
+  service: wallet
+  hypothesis: >-
+    Losing eu-west's primary database moves wallet to eu-central within 30 s without losing
+    an acknowledged write, and failback restores the original layout.
+  target: {{ region: eu-west }}
+  deadline: 10m
+  faults:
+    - {{ id: kill-primary-db, region: eu-west, type: postgres_stop, database: wallet-db }}
+  steady_state:
+    - {{ region: eu-west }}
+    - {{ region: eu-central }}
+  preflight: {{ max_lag: 5s }}
+  guardrails:
+    - {{ name: central-stays-up, region: eu-central, check: app, require: not_down, for: 3s }}
+  response:
+    playbook: wallet-failover
+    unplanned: true
+    start: on_down
+  expect:
+    detection: 5s
+    rto: 30s
+    rpo: 0
+    failover: true
+  canary:
+    dsn: "host={w},{c} port={pw},{pc} user=postgres dbname=postgres"
+    interval: 50ms
+  restore:
+    playbook: wallet-failback
+    timeout: 5m
+"#
+    )
 }

@@ -9,48 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use drcut_tests::cutover::{Env, EnvOptions};
-use drcut_tests::drill::{apply_drill, started_drill_id, wait_drill};
-
-fn drill(env: &Env) -> String {
-    let (w, c) = (env.west_ip(), env.central_ip());
-    let (pw, pc) = (env.pg.primary_addr().port(), env.pg.standby_addr().port());
-    format!(
-        r#"apiVersion: drcut/v1
-kind: Drill
-metadata: {{ name: region-loss, owner: platform-sre }}
-spec:
-  service: wallet
-  hypothesis: >-
-    Losing eu-west's primary database moves wallet to eu-central within 30 s without losing
-    an acknowledged write, and failback restores the original layout.
-  target: {{ region: eu-west }}
-  deadline: 10m
-  faults:
-    - {{ id: kill-primary-db, region: eu-west, type: postgres_stop, database: wallet-db }}
-  steady_state:
-    - {{ region: eu-west }}
-    - {{ region: eu-central }}
-  preflight: {{ max_lag: 5s }}
-  guardrails:
-    - {{ name: central-stays-up, region: eu-central, check: app, require: not_down, for: 3s }}
-  response:
-    playbook: wallet-failover
-    unplanned: true
-    start: on_down
-  expect:
-    detection: 5s
-    rto: 30s
-    rpo: 0
-    failover: true
-  canary:
-    dsn: "host={w},{c} port={pw},{pc} user=postgres dbname=postgres"
-    interval: 50ms
-  restore:
-    playbook: wallet-failback
-    timeout: 5m
-"#
-    )
-}
+use drcut_tests::drill::{apply_drill, region_loss_drill, started_drill_id, wait_drill};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
@@ -58,7 +17,7 @@ async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
     env.synchronous_replication().await?;
     env.apply_playbook("failover", &env.failover_playbook("")).await?;
     env.apply_playbook("failback", &env.failback_playbook()).await?;
-    let out = apply_drill(&env.cluster, "region-loss", &drill(&env)).await?;
+    let out = apply_drill(&env.cluster, "region-loss", &region_loss_drill(&env)).await?;
     ensure!(out.code == Some(0), "apply: {out}");
 
     let out = env.cluster.drctl(&["--json", "--actor", "gameday-lead", "drill", "run", "region-loss"]).await?;
