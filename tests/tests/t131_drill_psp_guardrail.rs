@@ -58,5 +58,23 @@ async fn psp_outage_trips_the_guardrail_aborts_and_reverts() -> Result<()> {
     let (_, entries) = drcut_tests::health::audit_entries(&env.cluster).await?;
     ensure!(entries.iter().any(|e| e["action"] == "drill.guardrail"), "the trip is audited");
     ensure!(entries.iter().any(|e| e["action"] == "drill.finish"), "the end is audited");
+
+    tracing::info!("--- drctl drill halt stops a drill and reverts its fault at once");
+    let calm = DRILL.replace("for: 0s", "for: 10m");
+    let out = apply_drill(&env.cluster, "psp-outage", &calm).await?;
+    ensure!(out.code == Some(0), "apply: {out}");
+    let out = env.cluster.drctl(&["--json", "drill", "run", "psp-outage"]).await?;
+    ensure!(out.code == Some(0), "run: {out}");
+    let id = started_drill_id(&out.stdout)?;
+    wait_drill(&env.cluster, &id, Duration::from_secs(20), "the fault in", |r| {
+        r["faults"]["psp-reset"]["injected_ms"].as_i64() > Some(0)
+    })
+    .await?;
+    ensure!(!answers(&env.psp_via_proxy()).await, "the fault holds");
+    let out = env.cluster.drctl(&["drill", "halt", "--reason", "real incident in eu-west"]).await?;
+    ensure!(out.code == Some(0) && out.stdout.contains("1 active drill run"), "halt: {out}");
+    let rec = wait_drill(&env.cluster, &id, Duration::from_secs(20), "its end", |r| r["state"] == "done").await?;
+    ensure!(rec["outcome"] == "halted", "outcome {} ({})", rec["outcome"], rec["outcome_detail"]);
+    ensure!(answers(&env.psp_via_proxy()).await, "the PSP answers after the halt");
     Ok(())
 }

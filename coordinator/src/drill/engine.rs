@@ -468,21 +468,29 @@ async fn guardrails(app: &AppRef, d: &DrillRun, now: i64) -> bool {
     false
 }
 
+/// Keeps the drill's canary writing on this leader (until the RPO check), armed once the
+/// faults are in.
+fn ensure_canary(app: &AppRef, d: &DrillRun) {
+    let Some(c) = &d.spec.canary else { return };
+    if !d.canary.checked.is_empty() {
+        return;
+    }
+    let mut g = app.engine.drill.canaries.lock().unwrap_or_else(|p| p.into_inner());
+    let handle = g.entry(d.id.clone()).or_insert_with(|| {
+        // A new leader continues well above anything the previous one may have written.
+        let first = if d.canary.max_acked() == 0 { 1 } else { d.canary.max_acked() + 100_000 };
+        CanaryHandle::start(c, &d.id, first)
+    });
+    if let Some(at) = d.milestones.get(milestone::FAULT_INJECTED) {
+        handle.arm(*at);
+    }
+}
+
 async fn inject(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
-    if let Some(c) = &d.spec.canary {
-        let started = {
-            let mut g = app.engine.drill.canaries.lock().unwrap_or_else(|p| p.into_inner());
-            if !g.contains_key(&d.id) {
-                // A new leader continues well above anything the previous one may have written.
-                let first = if d.canary.max_acked() == 0 { 1 } else { d.canary.max_acked() + 100_000 };
-                g.insert(d.id.clone(), CanaryHandle::start(c, &d.id, first));
-            }
-            true
-        };
-        // A baseline first: the canary must have written steadily before anything breaks.
-        if started && d.canary.acked_count() < BASELINE_WRITES && now - d.state_since_ms < 10_000 {
-            return;
-        }
+    ensure_canary(app, d);
+    // A baseline first: the canary must have written steadily before anything breaks.
+    if d.spec.canary.is_some() && d.canary.acked_count() < BASELINE_WRITES && now - d.state_since_ms < 10_000 {
+        return;
     }
     for (i, f) in d.spec.faults.iter().enumerate() {
         let st = &d.faults[&f.id];
@@ -505,11 +513,7 @@ async fn inject(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             return;
         }
     }
-    if let Some(at) = d.milestones.get(milestone::FAULT_INJECTED)
-        && let Some(c) = app.engine.drill.canaries.lock().unwrap_or_else(|p| p.into_inner()).get(&d.id)
-    {
-        c.arm(*at);
-    }
+    ensure_canary(app, d);
     commit(app, &d.id, DrillOp::Enter { state: DrillState::Responding, why: "every fault is in".into() }).await;
 }
 
@@ -567,6 +571,7 @@ async fn fault_upkeep(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
 }
 
 async fn respond(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
+    ensure_canary(app, d);
     if milestones(app, d).await {
         return;
     }
@@ -765,9 +770,16 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
         && moved
         && let Some(pb) = &d.spec.restore.playbook
     {
+        let reason = format!("GameDay drill {} ({}): restore", d.id, d.drill);
+        // A restore run started by a leader that died before linking it.
+        if d.restore_run.is_none()
+            && let Some(r) = app.view.runs().into_values().find(|r| r.reason == reason)
+        {
+            commit(app, &d.id, DrillOp::Link { purpose: Purpose::Restore, run_id: r.run.id }).await;
+            return;
+        }
         match d.restore_run.as_deref().and_then(|id| app.view.run(id)) {
             None if !timed_out => {
-                let reason = format!("GameDay drill {} ({}): restore", d.id, d.drill);
                 if let Err(text) =
                     start_playbook(app, d, pb, &d.spec.restore.params, RunMode::Planned, reason, now).await
                 {
