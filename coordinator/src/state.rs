@@ -987,4 +987,71 @@ mod tests {
             st.apply_request(4, &req("", Command::AckFailover { service: "nope".into(), note: "checked".into() }));
         assert!(matches!(resp.outcome, Outcome::Rejected { .. }));
     }
+
+    fn stored_drill(name: &str) -> StoredDrill {
+        StoredDrill {
+            name: name.into(),
+            hash: "h1".into(),
+            text: "t".into(),
+            applied_ms: 0,
+            applied_by: String::new(),
+            last_occurrence_ms: None,
+        }
+    }
+
+    fn drill_run(id: &str, trigger: Trigger) -> DrillRun {
+        let stored = stored_drill("q");
+        let spec = crate::drill::ops::tests_support::drill();
+        let mut r = crate::drill::engine::new_run(&stored, spec, trigger, 0);
+        r.id = id.into();
+        r
+    }
+
+    #[test]
+    fn a_scheduled_occurrence_fires_or_is_skipped_once_whoever_proposes_it() {
+        let mut st = State::default();
+        st.apply_request(1, &req("", Command::ApplyDrill { drill: stored_drill("q") }));
+        let fire = |id: &str, occ| Command::StartDrill {
+            record: Box::new(drill_run(id, Trigger::Schedule { occurrence_ms: occ, late: false })),
+        };
+        let (r, ch) = st.apply_request(2, &req("", fire("d1", 1000)));
+        assert!(matches!(r.outcome, Outcome::Drill { .. }), "{r:?}");
+        assert_eq!(audits(&ch)[0].action, "drill.start");
+        assert_eq!(st.drills["q"].last_occurrence_ms, Some(1000));
+        // One drill at a time.
+        let (r, _) = st.apply_request(3, &req("", fire("d2", 2000)));
+        assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::FailedPrecondition, .. }), "{r:?}");
+        let fin = crate::drill::DrillOp::Finish {
+            outcome: crate::drill::DrillOutcome::Passed,
+            detail: "ok".into(),
+            report: serde_json::json!({}),
+        };
+        st.apply_request(4, &req("", Command::UpdateDrill { id: "d1".into(), op: fin }));
+        // A second leader proposing the same occurrence: refused, nothing changes.
+        let (r, ch) = st.apply_request(5, &req("", fire("d3", 1000)));
+        assert!(matches!(r.outcome, Outcome::Rejected { reason: Rejection::AlreadyExists, .. }), "{r:?}");
+        assert!(ch.is_empty() && !st.drill_runs.contains_key("d3"));
+        // A skip claims its occurrence too; re-applying the file keeps the marker.
+        let skip = Command::SkipDrill { drill: "q".into(), occurrence_ms: 3000, reason: "blackout".into() };
+        let (_, ch) = st.apply_request(6, &req("", skip));
+        assert_eq!(audits(&ch)[0].action, "drill.skip");
+        st.apply_request(7, &req("", Command::ApplyDrill { drill: stored_drill("q") }));
+        assert_eq!(st.drills["q"].last_occurrence_ms, Some(3000));
+        let (r, _) = st.apply_request(8, &req("", fire("d4", 3000)));
+        assert!(matches!(r.outcome, Outcome::Rejected { .. }), "{r:?}");
+        let (r, _) = st.apply_request(9, &req("", fire("d5", 4000)));
+        assert!(matches!(r.outcome, Outcome::Drill { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_halt_marks_every_active_drill_and_counts() {
+        let mut st = State::default();
+        st.apply_request(1, &req("", Command::ApplyDrill { drill: stored_drill("q") }));
+        let start = Command::StartDrill { record: Box::new(drill_run("d1", Trigger::Manual { by: "alice".into() })) };
+        st.apply_request(2, &req("", start));
+        let (_, ch) = st.apply_request(3, &req("", Command::HaltDrills { reason: "incident".into() }));
+        assert_eq!(audits(&ch)[0].action, "drill.halt");
+        assert_eq!(st.drill_runs["d1"].halt.as_deref(), Some("incident"));
+        assert_eq!(st.core.drill_halts, 1);
+    }
 }

@@ -320,13 +320,13 @@ impl DrillRun {
     }
 }
 
+/// A minimal drill for other modules' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::drill::record::{CanaryRecord, FaultStatus, Trigger};
+pub(crate) mod tests_support {
     use crate::drill::spec::*;
     use std::collections::BTreeMap;
 
+    /// One postgres_stop fault, automatic failover expected, nothing else.
     pub(crate) fn drill() -> Drill {
         Drill {
             name: "d".into(),
@@ -359,6 +359,14 @@ mod tests {
             report: ReportSettings { trend_runs: 4 },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::drill;
+    use super::*;
+    use crate::drill::record::{CanaryRecord, FaultStatus, Trigger};
+    use std::collections::BTreeMap;
 
     fn run() -> DrillRun {
         DrillRun {
