@@ -98,6 +98,29 @@ pub fn render(app: &AppRef) -> String {
     let held = app.view.active_runs().iter().filter(|r| r.run.hold.is_some()).count();
     gauge(&mut reg, "drcut_runs_held", "Active runs that cannot move (fencing or consent missing)", held as i64);
 
+    // GameDay drills: what is running and what is broken right now, and how drills ended.
+    let drills = app.view.drill_runs();
+    let active: Vec<_> = drills.values().filter(|d| !d.is_done()).collect();
+    gauge(&mut reg, "drcut_drills_active", "Drill runs in progress", active.len() as i64);
+    let faults =
+        active.iter().flat_map(|d| d.faults.values()).filter(|f| f.injected_ms > 0 && f.reverted_ms == 0).count();
+    gauge(&mut reg, "drcut_drill_faults_active", "Injected drill faults not yet confirmed reverted", faults as i64);
+    let held = active.iter().filter(|d| d.abort.as_ref().is_some_and(|a| a.hold)).count();
+    gauge(
+        &mut reg,
+        "drcut_drills_held",
+        "Drills aborted past their response's point of no return, waiting for an operator (page on it)",
+        held as i64,
+    );
+    let ended = Family::<Labels, Gauge>::default();
+    for d in drills.values() {
+        if let Some(o) = d.outcome {
+            let l = vec![("drill".to_string(), d.drill.clone()), ("outcome".to_string(), o.as_str().to_string())];
+            ended.get_or_create(&l).inc();
+        }
+    }
+    reg.register("drcut_drill_runs", "Ended drill runs by drill and outcome", ended);
+
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         tracing::warn!("metrics encoding: {e}");
