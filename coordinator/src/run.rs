@@ -817,6 +817,19 @@ fn with_percent(with: &mut serde_json::Value, percent: u8) {
     }
 }
 
+/// State name and reason.
+pub fn state_text(s: &RunState) -> (&'static str, String) {
+    match s {
+        RunState::AwaitingApproval => ("awaiting_approval", String::new()),
+        RunState::Running => ("running", String::new()),
+        RunState::Paused { reason } => ("paused", reason.clone()),
+        RunState::RollingBack { reason } => ("rolling_back", reason.clone()),
+        RunState::Succeeded => ("succeeded", String::new()),
+        RunState::RolledBack { reason } => ("rolled_back", reason.clone()),
+        RunState::Aborted { reason } => ("aborted", reason.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

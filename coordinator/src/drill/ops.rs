@@ -365,39 +365,18 @@ pub(crate) mod tests_support {
 mod tests {
     use super::tests_support::drill;
     use super::*;
-    use crate::drill::record::{CanaryRecord, FaultStatus, Trigger};
-    use std::collections::BTreeMap;
+    use crate::drill::record::Trigger;
 
     fn run() -> DrillRun {
-        DrillRun {
-            id: "drill-d-1".into(),
-            drill: "d".into(),
-            drill_hash: "h".into(),
-            faults: BTreeMap::from([("kill".to_string(), FaultStatus::default())]),
-            spec: drill(),
-            trigger: Trigger::Manual { by: "alice".into() },
-            dry_run: false,
-            state: DrillState::Preflight,
-            outcome: None,
-            outcome_detail: String::new(),
-            created_ms: 0,
-            state_since_ms: 0,
-            ended_ms: 0,
-            preflight: vec![],
-            milestones: BTreeMap::new(),
-            response_run: None,
-            restore_run: None,
-            canary: CanaryRecord::default(),
-            guardrails: vec![],
-            integrity: vec![],
-            steady_after: vec![],
-            deviations: vec![],
-            events: vec![],
-            report: None,
-            revision: 0,
-            halt: None,
-            abort: None,
-        }
+        let stored = crate::command::StoredDrill {
+            name: "d".into(),
+            hash: "h".into(),
+            text: String::new(),
+            applied_ms: 0,
+            applied_by: String::new(),
+            last_occurrence_ms: None,
+        };
+        crate::drill::engine::new_run(&stored, drill(), Trigger::Manual { by: "alice".into() }, 0)
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn measure_rto(run: &DrillRun, response: Option<&RunRecord>) -> RtoMeasure {
 fn failed_over(run: &DrillRun, response: Option<&RunRecord>) -> (bool, String) {
     match (response, &run.response_run) {
         (Some(r), _) => {
-            let (state, reason) = run_state(&r.run.state);
+            let (state, reason) = crate::run::state_text(&r.run.state);
             let ok = r.run.state == RunState::Succeeded;
             let reason = if reason.is_empty() { String::new() } else { format!(": {reason}") };
             (ok, format!("run {} {state}{reason}", r.run.id))
@@ -427,7 +427,7 @@ fn pinned(inputs: &ReportInputs<'_>) -> Value {
             "run_id": id.clone().or_else(|| rec.map(|r| r.run.id.clone())),
             "playbook": rec.map(|r| r.playbook.clone()),
             "playbook_sha256": rec.map(|r| r.playbook_hash.clone()),
-            "state": rec.map(|r| run_state(&r.run.state).0),
+            "state": rec.map(|r| crate::run::state_text(&r.run.state).0),
         }),
     };
     json!({
@@ -660,18 +660,6 @@ fn faults(run: &DrillRun, base_ms: i64) -> Value {
     Value::Array(out)
 }
 
-fn run_state(s: &RunState) -> (&'static str, String) {
-    match s {
-        RunState::AwaitingApproval => ("awaiting_approval", String::new()),
-        RunState::Running => ("running", String::new()),
-        RunState::Paused { reason } => ("paused", reason.clone()),
-        RunState::RollingBack { reason } => ("rolling_back", reason.clone()),
-        RunState::Succeeded => ("succeeded", String::new()),
-        RunState::RolledBack { reason } => ("rolled_back", reason.clone()),
-        RunState::Aborted { reason } => ("aborted", reason.clone()),
-    }
-}
-
 /// The response run's steps with their timings, from its attempt history.
 fn response_run(r: &RunRecord) -> Value {
     let run = &r.run;
@@ -707,7 +695,7 @@ fn response_run(r: &RunRecord) -> Value {
             })
         })
         .collect();
-    let (state, reason) = run_state(&run.state);
+    let (state, reason) = crate::run::state_text(&run.state);
     json!({
         "run_id": run.id,
         "playbook": r.playbook,

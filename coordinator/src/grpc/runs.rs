@@ -29,18 +29,7 @@ pub fn run_info(rec: &RunRecord) -> pb::RunInfo {
     }
 }
 
-/// State name and reason.
-pub fn state_text(s: &RunState) -> (&'static str, String) {
-    match s {
-        RunState::AwaitingApproval => ("awaiting_approval", String::new()),
-        RunState::Running => ("running", String::new()),
-        RunState::Paused { reason } => ("paused", reason.clone()),
-        RunState::RollingBack { reason } => ("rolling_back", reason.clone()),
-        RunState::Succeeded => ("succeeded", String::new()),
-        RunState::RolledBack { reason } => ("rolled_back", reason.clone()),
-        RunState::Aborted { reason } => ("aborted", reason.clone()),
-    }
-}
+pub use crate::run::state_text;
 
 /// Proposes a command through the leader and maps refusals to gRPC codes.
 pub async fn write(app: &AppRef, ctx: Ctx, cmd: Command) -> Result<command::Response, Status> {
