@@ -6,6 +6,8 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod fault;
+
 /// Generated `drcut.v1` types and services.
 pub mod v1 {
     tonic::include_proto!("drcut.v1");

@@ -50,7 +50,7 @@ use crate::pgdata::DataDir;
 use crate::steps::{StepContext, StepOutcome, parse_params};
 use dns::DnsFaultProxy;
 use proxy::{FaultProxy, Mode};
-use spec::{Expiry, Fault, HaltParams, InjectParams, RevertParams};
+use spec::{Expiry, Fault, HaltParams, InjectParams, ProxyFault, RevertParams};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};

@@ -7,95 +7,9 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A fault's type and settings: the coordinator's `drill::spec::FaultKind`, the same JSON.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Fault {
-    /// `pg_ctl stop -m immediate` of a postgres resource; revert starts it again.
-    PostgresStop {
-        /// The agent's postgres resource.
-        database: String,
-    },
-    /// `kill -9` of a configured process; revert runs its `start` argv, if any.
-    ProcessKill {
-        /// The agent's `faults.processes` entry.
-        process: String,
-    },
-    /// Switches a fault proxy into a failure mode; revert: pass-through.
-    Proxy {
-        /// The agent's `faults.proxies` entry.
-        proxy: String,
-        /// How it fails.
-        mode: ProxyMode,
-        /// `latency` mode: added per chunk and direction.
-        #[serde(default)]
-        latency_ms: u64,
-        /// `latency` mode: uniform spread around `latency_ms`.
-        #[serde(default)]
-        jitter_ms: u64,
-        /// `bandwidth` mode: cap per connection and direction.
-        #[serde(default)]
-        bytes_per_second: u64,
-        /// `partial` mode: share of new connections reset, 0..=1.
-        #[serde(default)]
-        failure_rate: f64,
-    },
-    /// A DNS fault proxy answers a failure for one name; revert: forward it again.
-    Dns {
-        /// The agent's `faults.dns_proxies` entry.
-        proxy: String,
-        /// The name, absolute (trailing dot), compared case-insensitively.
-        name: String,
-        /// What it answers.
-        answer: DnsAnswer,
-    },
-    /// A command, and the command that undoes it.
-    Exec {
-        /// argv that injects.
-        inject: Vec<String>,
-        /// argv that reverts.
-        revert: Vec<String>,
-    },
-}
-
-/// `proxy.mode` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProxyMode {
-    /// Accept, never forward, never answer.
-    Blackhole,
-    /// Delay every chunk.
-    Latency,
-    /// Reset every connection.
-    Reset,
-    /// Cap throughput.
-    Bandwidth,
-    /// Reset a share of new connections.
-    Partial,
-}
-
-impl ProxyMode {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyMode::Blackhole => "blackhole",
-            ProxyMode::Latency => "latency",
-            ProxyMode::Reset => "reset",
-            ProxyMode::Bandwidth => "bandwidth",
-            ProxyMode::Partial => "partial",
-        }
-    }
-}
-
-/// `dns.answer` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DnsAnswer {
-    /// NXDOMAIN.
-    Nxdomain,
-    /// SERVFAIL.
-    Servfail,
-}
+/// A fault's type and settings: the type the coordinator sends (one definition, in drcut-proto).
+pub use drcut_proto::fault::FaultKind as Fault;
+pub use drcut_proto::fault::{DnsAnswer, ProxyMode};
 
 impl From<DnsAnswer> for Answer {
     fn from(a: DnsAnswer) -> Answer {
@@ -160,32 +74,15 @@ impl InjectParams {
     }
 }
 
-impl Fault {
-    /// The wire `type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Fault::PostgresStop { .. } => "postgres_stop",
-            Fault::ProcessKill { .. } => "process_kill",
-            Fault::Proxy { .. } => "proxy",
-            Fault::Dns { .. } => "dns",
-            Fault::Exec { .. } => "exec",
-        }
-    }
-
-    /// What it acts on, for refusing two faults on one target: `("proxy", "psp")`.
-    pub fn target(&self) -> Option<(&'static str, &str)> {
-        match self {
-            Fault::PostgresStop { database } => Some(("database", database)),
-            Fault::ProcessKill { process } => Some(("process", process)),
-            Fault::Proxy { proxy, .. } => Some(("proxy", proxy)),
-            // Names on one DNS proxy are independent; commands are the operator's business.
-            Fault::Dns { .. } | Fault::Exec { .. } => None,
-        }
-    }
-
+/// The agent's reading of a proxy fault.
+pub trait ProxyFault {
     /// The proxy [`Mode`] of a `proxy` fault; settings that do not apply to the mode are
     /// refused rather than ignored (they would make the drill report lie).
-    pub fn proxy_mode(&self) -> Result<Mode, String> {
+    fn proxy_mode(&self) -> Result<Mode, String>;
+}
+
+impl ProxyFault for Fault {
+    fn proxy_mode(&self) -> Result<Mode, String> {
         let Fault::Proxy { mode, latency_ms, jitter_ms, bytes_per_second, failure_rate, .. } = self else {
             return Err(format!("a {} fault has no proxy mode", self.kind()));
         };
