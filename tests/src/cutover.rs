@@ -55,6 +55,9 @@ pub struct EnvOptions {
     pub west_db_extra: String,
     /// eu-west's agent knows its primary's data and bin dirs (offline fencing, rebuilds).
     pub west_data_dir: bool,
+    /// eu-central's agent knows its database's data and bin dirs (a failback can rebuild it
+    /// as a standby of eu-west again: see [`Env::failback_playbook_full`]).
+    pub central_data_dir: bool,
     /// The coordinator's and agents' default health settings instead of the tests' faster ones
     /// (for benchmarks: figures at the defaults).
     pub default_health: bool,
@@ -142,7 +145,12 @@ impl Env {
         let west_peer = opt.west_data_dir.then(|| pg.standby_dsn());
         let mut west_yaml = resources(&pg.primary_dsn(), &west_extra, west_peer.as_deref(), &west_app);
         west_yaml.push_str("  - { name: db, type: postgres, resource: wallet-db, interval_ms: 200 }\n");
-        let mut central_yaml = resources(&pg.standby_dsn(), "", Some(&pg.primary_dsn()), &central_app);
+        let central_extra = if opt.central_data_dir {
+            format!(", data_dir: \"{}\", bin_dir: \"{}\"", pg.standby_data_dir().display(), pg.bin_dir().display())
+        } else {
+            String::new()
+        };
+        let mut central_yaml = resources(&pg.standby_dsn(), &central_extra, Some(&pg.primary_dsn()), &central_app);
         central_yaml.push_str(
             "  - { name: db, type: postgres, resource: wallet-db, primary: wallet-db-peer, interval_ms: 200, slo: [\"lag_seconds <= 5\"] }\n",
         );
@@ -324,6 +332,15 @@ spec:
     - {{ id: shift, action: shift_traffic, region: "${{target}}", phases: [100], with: {{ dns: gslb, zone: gslb.example., name: wallet.gslb.example., from: ["{c}"], to: ["{w}"], ttl: 5 }}, on_failure: pause }}
 "#
         )
+    }
+
+    /// [`Env::failback_playbook`] that also rebuilds the region it leaves (eu-central) as a
+    /// standby of the returning primary, so the original layout is back: eu-west primary,
+    /// eu-central streaming (needs [`EnvOptions::central_data_dir`]).
+    pub fn failback_playbook_full(&self) -> String {
+        let mut p = self.failback_playbook();
+        p.push_str("    - { id: rebuild-source, action: rebuild_standby, region: \"${source}\", timeout: 60s, retries: 0, on_failure: pause, with: { database: wallet-db, upstream: wallet-db-peer } }\n");
+        p
     }
 
     /// Turns on synchronous replication (a commit is acknowledged once the standby has it) and

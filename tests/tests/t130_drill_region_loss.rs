@@ -62,5 +62,16 @@ async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
     for needle in ["RPO", "detection", "region-loss", &rec["drill_hash"].as_str().unwrap_or("?")[..12]] {
         ensure!(md.stdout.contains(needle), "the Markdown report lacks {needle:?}");
     }
+
+    tracing::info!("--- this failback left eu-central fenced, not streaming: the next drill must not start");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let out = env.cluster.drctl(&["--json", "drill", "run", "region-loss"]).await?;
+    ensure!(out.code == Some(0), "run: {out}");
+    let id = started_drill_id(&out.stdout)?;
+    let rec = wait_drill(&env.cluster, &id, Duration::from_secs(30), "its end", |r| r["state"] == "done").await?;
+    ensure!(rec["outcome"] == "refused", "outcome {} ({})", rec["outcome"], rec["outcome_detail"]);
+    let detail = rec["outcome_detail"].as_str().unwrap_or_default();
+    ensure!(detail.contains("replication"), "the refusal says why: {detail}");
+    ensure!(rec["faults"]["kill-primary-db"]["dispatched_ms"] == 0, "nothing was injected: {}", rec["faults"]);
     Ok(())
 }

@@ -33,6 +33,10 @@ const HEARTBEAT_GRACE_MS: i64 = 2500;
 const STEADY_AFTER_WAIT_MS: i64 = 60_000;
 /// Acknowledged canary writes before the first fault goes in (the baseline).
 const BASELINE_WRITES: u64 = 10;
+/// ... within this long, or the drill aborts before injecting anything.
+const BASELINE_WAIT_MS: i64 = 10_000;
+/// A replication sample older than this does not count in the preflight.
+const LAG_FRESH_MS: i64 = 10_000;
 /// How often the scheduler looks at the calendar.
 const SCHEDULE_EVERY_MS: i64 = 500;
 
@@ -357,6 +361,7 @@ async fn preflight(app: &AppRef, d: &DrillRun, now: i64) {
 /// the response playbook exists. Also what `drctl drill run --dry-run` shows.
 pub async fn preflight_lines(app: &AppRef, spec: &Drill) -> Vec<CheckLine> {
     let rep = app.view.health();
+    let now = crate::clock::now_ms();
     let mut lines = Vec::new();
     for p in &spec.steady_state {
         let (ok, detail) = observe::evaluate(p, &rep);
@@ -367,7 +372,8 @@ pub async fn preflight_lines(app: &AppRef, spec: &Drill) -> Vec<CheckLine> {
             .regions
             .keys()
             .filter(|r| **r != spec.target_region)
-            .filter_map(|r| app.hub.last_lag(r).and_then(|s| s.values.get("lag_seconds").map(|l| (r.clone(), *l))))
+            .filter_map(|r| app.hub.last_lag(r).filter(|s| now - s.at_ms <= LAG_FRESH_MS).map(|s| (r.clone(), s)))
+            .filter_map(|(r, s)| s.values.get("lag_seconds").map(|l| (r, *l)))
             .collect();
         let worst = lags.iter().cloned().fold(None::<(String, f64)>, |m, x| match m {
             Some(m) if m.1 >= x.1 => Some(m),
@@ -382,7 +388,10 @@ pub async fn preflight_lines(app: &AppRef, spec: &Drill) -> Vec<CheckLine> {
             None => CheckLine {
                 name: format!("replication lag ≤ {budget} s"),
                 ok: false,
-                detail: "no replication lag measured (a postgres check on the standby is needed)".into(),
+                detail: format!(
+                    "no replication sample in the last {} s: no standby is streaming (or no postgres check on it)",
+                    LAG_FRESH_MS / 1000
+                ),
             },
         });
     }
@@ -488,8 +497,22 @@ fn ensure_canary(app: &AppRef, d: &DrillRun) {
 
 async fn inject(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
     ensure_canary(app, d);
-    // A baseline first: the canary must have written steadily before anything breaks.
-    if d.spec.canary.is_some() && d.canary.acked_count() < BASELINE_WRITES && now - d.state_since_ms < 10_000 {
+    // A baseline first: the canary must have written steadily before anything breaks. A
+    // platform that cannot take writes now is not in a steady state to break.
+    if d.spec.canary.is_some()
+        && d.canary.acked_count() < BASELINE_WRITES
+        && !d.faults.values().any(|f| f.dispatched_ms > 0)
+    {
+        if now - d.state_since_ms < BASELINE_WAIT_MS {
+            return;
+        }
+        let why = if d.canary.error.is_empty() { "writes too slow".to_string() } else { d.canary.error.clone() };
+        let reason = format!(
+            "the canary got {} of {BASELINE_WRITES} baseline writes acknowledged in {} s ({why}); nothing was injected",
+            d.canary.acked_count(),
+            BASELINE_WAIT_MS / 1000
+        );
+        commit(app, &d.id, DrillOp::Abort { reason, hold: false }).await;
         return;
     }
     for (i, f) in d.spec.faults.iter().enumerate() {

@@ -13,11 +13,18 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> Result<()> {
     let trials: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(5);
-    let opt = EnvOptions { witness: true, west_data_dir: true, default_health: true, ..Default::default() };
+    let opt = EnvOptions {
+        witness: true,
+        west_data_dir: true,
+        central_data_dir: true,
+        default_health: true,
+        ..Default::default()
+    };
     let env = Env::start_with(230, opt).await?;
     env.synchronous_replication().await?;
     env.apply_playbook("failover", &env.failover_playbook("")).await?;
-    env.apply_playbook("failback", &env.failback_playbook()).await?;
+    // The full failback rebuilds eu-central as a standby too: every drill starts from the same layout.
+    env.apply_playbook("failback", &env.failback_playbook_full()).await?;
     let out = apply_drill(&env.cluster, "region-loss", &region_loss_drill(&env)).await?;
     anyhow::ensure!(out.code == Some(0), "apply: {out}");
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -66,5 +73,6 @@ async fn main() -> Result<()> {
     if let Some(trend) = md.stdout.split("## Trend").nth(1) {
         println!("\nTrend (from the last report):{}", trend.split("\n## ").next().unwrap_or_default());
     }
+    env.cluster.finish();
     Ok(())
 }
