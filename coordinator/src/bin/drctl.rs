@@ -269,11 +269,27 @@ enum AuditCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Recompute the whole hash chain here; exit 1 on any break.
+    /// Recompute the hash chain here; exit 1 on any break. With FILE, an exported chain is
+    /// checked offline (no cluster needed).
     Verify {
         /// Read the given node's own copy (no leader round trip), e.g. to check one replica.
         #[arg(long)]
         local: bool,
+        /// A file written by `drctl audit export`.
+        file: Option<std::path::PathBuf>,
+    },
+    /// Write the chain (or a range of it) as JSON Lines, one entry per line with its hashes,
+    /// for an auditor or WORM storage; `drctl audit verify FILE` checks it offline.
+    Export {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last sequence number (default: the head).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write here instead of standard output (refused if it exists: exports are immutable).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -664,8 +680,128 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Audit(AuditCmd::Verify { local }) => verify(cli, client, *local).await,
+        Cmd::Audit(AuditCmd::Verify { file: Some(file), .. }) => verify_file(cli, file),
+        Cmd::Audit(AuditCmd::Verify { local, file: None }) => verify(cli, client, *local).await,
+        Cmd::Audit(AuditCmd::Export { from, to, out }) => export(cli, &client, *from, *to, out.as_deref()).await,
     }
+}
+
+fn entry_from_pb(e: &pb::AuditEntry) -> Result<AuditEntry, Fail> {
+    let details: Value = serde_json::from_str(&e.details_json)
+        .map_err(|err| Fail(1, format!("audit chain broken at seq {}: details are not JSON: {err}", e.seq)))?;
+    Ok(AuditEntry {
+        seq: e.seq,
+        time_unix_ms: e.time_unix_ms,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        details,
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+        log_index: e.log_index,
+    })
+}
+
+/// Exports entries `from..=to` (linearizable reads), verifying them on the way: a broken chain
+/// is never written out as if it were sound.
+async fn export(
+    cli: &Cli,
+    client: &Client,
+    from: u64,
+    to: Option<u64>,
+    out: Option<&std::path::Path>,
+) -> Result<(), Fail> {
+    use std::io::Write;
+    if from == 0 || to.is_some_and(|t| t < from) {
+        return Err(Fail(2, format!("--from {from} --to {to:?}: not a range of sequence numbers (they start at 1)")));
+    }
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|e| Fail(1, format!("{}: {e}", p.display())))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut v: Option<ChainVerifier> = None;
+    let mut next = from;
+    let mut written = 0u64;
+    loop {
+        let limit = to.map_or(1000, |t| (t + 1 - next).min(1000)) as u32;
+        if limit == 0 {
+            break;
+        }
+        let r = pb::ListAuditRequest { from_seq: next, limit, consistency: pb::ReadConsistency::Linearizable as i32 };
+        let page = client.call(|mut c| async move { c.list_audit(r).await }).await?;
+        for e in &page.entries {
+            let entry = entry_from_pb(e)?;
+            let verifier = v.get_or_insert_with(|| ChainVerifier::resume(entry.seq, &entry.prev_hash));
+            verifier.push(&entry).map_err(|err| Fail(1, err.to_string()))?;
+            let line = serde_json::to_string(&entry).map_err(|e| Fail(1, e.to_string()))?;
+            writeln!(sink, "{line}").map_err(|e| Fail(1, format!("writing the export: {e}")))?;
+            written += 1;
+        }
+        next += page.entries.len() as u64;
+        if page.entries.is_empty() || next > page.total || to.is_some_and(|t| next > t) {
+            break;
+        }
+    }
+    sink.flush().map_err(|e| Fail(1, format!("writing the export: {e}")))?;
+    if written == 0 {
+        return Err(Fail(1, format!("no audit entries from seq {from}")));
+    }
+    let head = v.map(|v| v.summary().head).unwrap_or_default();
+    if let Some(p) = out {
+        let msg = format!("exported {written} entries (seq {from}..{}) to {}, head {head}", next - 1, p.display());
+        if cli.json {
+            println!("{}", json!({"ok": true, "entries": written, "from": from, "to": next - 1, "head": head}));
+        } else {
+            println!("{msg}");
+        }
+    }
+    Ok(())
+}
+
+/// Verifies an exported chain offline: every entry's hash, every link, no gap. An export that
+/// starts at seq 1 is anchored at the genesis; a later range at its first entry's `prev_hash`
+/// (compare it with the previous export's head).
+fn verify_file(cli: &Cli, file: &std::path::Path) -> Result<(), Fail> {
+    use std::io::BufRead;
+    let name = file.display().to_string();
+    let f = std::fs::File::open(file).map_err(|e| Fail(2, format!("{name}: {e}")))?;
+    let mut v: Option<ChainVerifier> = None;
+    let (mut first, mut anchor) = (0u64, String::new());
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| Fail(1, format!("{name}:{}: {e}", i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: AuditEntry = serde_json::from_str(&line)
+            .map_err(|err| Fail(1, format!("{name}:{}: not an audit entry: {err}", i + 1)))?;
+        let verifier = v.get_or_insert_with(|| {
+            first = e.seq;
+            anchor = e.prev_hash.clone();
+            if e.seq == 1 { ChainVerifier::new() } else { ChainVerifier::resume(e.seq, &e.prev_hash) }
+        });
+        verifier.push(&e).map_err(|err| Fail(1, format!("{name}:{}: {err}", i + 1)))?;
+    }
+    let s = v.ok_or_else(|| Fail(1, format!("{name}: no audit entries")))?.summary();
+    let last = first + s.entries - 1;
+    let anchored =
+        if first == 1 { "the genesis".to_string() } else { format!("prev_hash {anchor} of seq {}", first - 1) };
+    if cli.json {
+        println!(
+            "{}",
+            json!({"ok": true, "entries": s.entries, "from": first, "to": last, "head": s.head, "anchor": anchor})
+        );
+    } else {
+        println!(
+            "{name}: chain intact: {} entries (seq {first}..{last}), anchored at {anchored}, head {}",
+            s.entries, s.head
+        );
+    }
+    Ok(())
 }
 
 async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
@@ -677,19 +813,7 @@ async fn verify(cli: &Cli, client: Client, local: bool) -> Result<(), Fail> {
         let r = pb::ListAuditRequest { from_seq: from, limit: 1000, consistency: consistency as i32 };
         let page = client.call(|mut c| async move { c.list_audit(r).await }).await?;
         for e in &page.entries {
-            let details: Value = serde_json::from_str(&e.details_json)
-                .map_err(|err| Fail(1, format!("audit chain broken at seq {}: details are not JSON: {err}", e.seq)))?;
-            let entry = AuditEntry {
-                seq: e.seq,
-                time_unix_ms: e.time_unix_ms,
-                actor: e.actor.clone(),
-                action: e.action.clone(),
-                details,
-                prev_hash: e.prev_hash.clone(),
-                hash: e.hash.clone(),
-                log_index: e.log_index,
-            };
-            v.push(&entry).map_err(|err| Fail(1, err.to_string()))?;
+            v.push(&entry_from_pb(e)?).map_err(|err| Fail(1, err.to_string()))?;
         }
         from += page.entries.len() as u64;
         if page.entries.is_empty() || from > page.total {
