@@ -40,9 +40,12 @@ async fn psp_outage_trips_the_guardrail_aborts_and_reverts() -> Result<()> {
     ensure!(dry.stdout.contains("nothing was injected"), "dry run: {}", dry.stdout);
     ensure!(answers(&env.psp_via_proxy()).await, "a dry run injected nothing");
 
-    let out = env.cluster.drctl(&["--json", "--actor", "alice", "drill", "run", "psp-outage"]).await?;
-    ensure!(out.code == Some(0), "run: {out}");
-    let id = started_drill_id(&out.stdout)?;
+    // As an operator runs it: the timeline as it happens, then the report; exit 1 unless passed.
+    let out = env.cluster.drctl(&["--actor", "alice", "drill", "run", "psp-outage", "--wait"]).await?;
+    ensure!(out.code == Some(1), "an aborted drill exits 1: {out}");
+    ensure!(out.stdout.contains("guardrail deposits-stay-up tripped"), "timeline: {}", out.stdout);
+    ensure!(out.stdout.contains("# Drill report: psp-outage"), "report: {}", out.stdout);
+    let id = drcut_tests::drill::drill_runs(&env.cluster).await?.first().map(|r| r.id.clone()).unwrap_or_default();
     let rec = wait_drill(&env.cluster, &id, Duration::from_secs(40), "its end", |r| r["state"] == "done").await?;
     ensure!(rec["outcome"] == "aborted", "outcome {} ({})", rec["outcome"], rec["outcome_detail"]);
     let trips = rec["guardrails"].as_array().cloned().unwrap_or_default();
