@@ -98,6 +98,26 @@ pub fn render(app: &AppRef) -> String {
     let held = app.view.active_runs().iter().filter(|r| r.run.hold.is_some()).count();
     gauge(&mut reg, "drcut_runs_held", "Active runs that cannot move (fencing or consent missing)", held as i64);
 
+    // Runs by state, and every step attempt by action and result (recounted per scrape from
+    // the replicated runs: nothing to keep in step, and the same on every node).
+    let runs = app.view.runs();
+    let by_state = Family::<Labels, Gauge>::default();
+    let attempts = Family::<Labels, Gauge>::default();
+    for r in runs.values() {
+        by_state.get_or_create(&vec![("state".to_string(), crate::run::state_text(&r.run.state).0.to_string())]).inc();
+        for a in r.run.history.iter().filter(|a| a.finished_ms > 0) {
+            let action = r.run.plan.steps.get(a.work.step).map(|s| s.act.action.clone()).unwrap_or_default();
+            let l = vec![
+                ("action".to_string(), action),
+                ("result".to_string(), if a.ok { "ok" } else { "failed" }.to_string()),
+                ("compensation".to_string(), a.work.compensation.to_string()),
+            ];
+            attempts.get_or_create(&l).inc();
+        }
+    }
+    reg.register("drcut_runs", "Runs by state", by_state);
+    reg.register("drcut_step_attempts", "Finished step attempts by action and result", attempts);
+
     // GameDay drills: what is running and what is broken right now, and how drills ended.
     let drills = app.view.drill_runs();
     let active: Vec<_> = drills.values().filter(|d| !d.is_done()).collect();
