@@ -212,6 +212,7 @@ impl Control for ControlService {
         let ctx = context(req.get_ref().ctx.clone(), req.metadata());
         let r = req.into_inner();
         let file = if r.file.is_empty() { "playbook".to_string() } else { r.file.clone() };
+        super::check_file_size(&file, &r.text)?;
         let pb_ =
             crate::playbook::Playbook::parse(&file, &r.text).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Regions can be checked now when every parameter has a default.

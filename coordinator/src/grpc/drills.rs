@@ -47,6 +47,7 @@ pub fn info(d: &DrillRun, full: bool) -> pb::DrillRunInfo {
 /// Validates and stores a drill file.
 pub async fn apply(app: &AppRef, ctx: Ctx, r: pb::ApplyDrillRequest) -> Result<pb::ApplyDrillReply, Status> {
     let file = if r.file_name.is_empty() { "drill.yaml".to_string() } else { r.file_name.clone() };
+    super::check_file_size(&file, &r.text)?;
     let (spec, hash) = drill::Drill::parse(&file, &r.text).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let regions: BTreeSet<String> = app.view.regions().into_iter().map(|x| x.name).collect();
     let playbooks: BTreeSet<String> = app.view.playbooks().into_values().map(|p| p.name).collect();

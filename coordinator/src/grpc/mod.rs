@@ -20,6 +20,22 @@ use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Largest message a node accepts (snapshots travel in smaller chunks).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest request a client or an agent may send: far above any playbook, drill or report, far
+/// below what would let one caller make a node buffer much.
+const MAX_REQUEST: usize = 1024 * 1024;
+/// Largest playbook or drill file the API stores (its text travels in the log and snapshots).
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// Refuses a file text above [`MAX_FILE_BYTES`], naming the file and both sizes.
+pub fn check_file_size(file: &str, text: &str) -> Result<(), tonic::Status> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{file}: text is {} bytes; the limit is {MAX_FILE_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Serves every service on `listener` until `shutdown` resolves.
 pub async fn serve(app: AppRef, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -50,8 +66,12 @@ where
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(ControlServer::new(control::ControlService::new(app.clone())))
-        .add_service(AgentLinkServer::new(agent_link::AgentLinkService::new(app.clone())))
+        .add_service(
+            ControlServer::new(control::ControlService::new(app.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            AgentLinkServer::new(agent_link::AgentLinkService::new(app.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
         .add_service(
             RaftTransportServer::new(raft_transport::RaftService::new(app))
                 .max_decoding_message_size(MAX_MESSAGE)
