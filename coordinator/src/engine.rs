@@ -108,11 +108,6 @@ impl Engine {
             .is_some_and(|(_, tx)| tx.try_send(Ok(CoordinatorMessage { body: Some(CoordBody::Step(cmd)) })).is_ok())
     }
 
-    /// A fresh fencing token of this leader's term.
-    pub fn fencing_token(&self, term: u64) -> u64 {
-        self.token(term)
-    }
-
     fn agent_for(&self, region: &str) -> Option<(String, Outbound)> {
         let g = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         g.iter().find(|(_, (r, tx))| r == region && !tx.is_closed()).map(|(a, (_, tx))| (a.clone(), tx.clone()))
@@ -120,7 +115,7 @@ impl Engine {
 
     /// A fencing token newer than any this cluster issued before: the term in the high bits
     /// (a new leader has a higher term), a per-leader counter below.
-    fn token(&self, term: u64) -> u64 {
+    pub(crate) fn token(&self, term: u64) -> u64 {
         (term << 32) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
     }
 }

@@ -160,6 +160,12 @@ pub async fn wait_drill_started(cluster: &Cluster, drill: &str, timeout: Duratio
     }
 }
 
+/// How many canary writes a drill run record (JSON) counts as acknowledged.
+pub fn acked(rec: &serde_json::Value) -> u64 {
+    serde_json::from_value::<drcut_coordinator::drill::CanaryRecord>(rec["canary"].clone())
+        .map_or(0, |c| c.acked_count())
+}
+
 /// The id in `drctl --json drill run`'s output (the record JSON).
 pub fn started_drill_id(stdout: &str) -> Result<String> {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout}"))?;

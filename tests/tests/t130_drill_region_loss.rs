@@ -37,10 +37,7 @@ async fn region_loss_drill_measures_rto_and_rpo_and_restores() -> Result<()> {
     for k in ["traffic_100", "dns_converged", "response_ended", "restore_started", "restored"] {
         ensure!(at(k).is_some(), "milestone {k} missing: {m}");
     }
-    let acked: u64 = rec["canary"]["acked"]
-        .as_array()
-        .map(|a| a.iter().map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0) + 1).sum())
-        .unwrap_or(0);
+    let acked: u64 = drcut_tests::drill::acked(&rec);
     ensure!(acked > 10, "the canary wrote before and after the failover: {acked} acknowledged");
     ensure!(rec["canary"]["missing"].as_array().is_some_and(|m| m.is_empty()), "RPO: {}", rec["canary"]);
 

@@ -34,6 +34,18 @@ pub struct Progress {
     pub error: String,
 }
 
+impl From<Progress> for super::ops::DrillOp {
+    fn from(p: Progress) -> Self {
+        super::ops::DrillOp::Canary {
+            acked: p.acked,
+            failed: p.failed,
+            first_failure_ms: p.first_failure_ms,
+            recovered_ms: p.recovered_ms,
+            error: p.error,
+        }
+    }
+}
+
 impl Progress {
     /// Nothing to report.
     pub fn is_empty(&self) -> bool {
@@ -128,13 +140,17 @@ pub async fn prepare(spec: &CanarySpec) -> Result<String, String> {
         spec.table
     );
     client.batch_execute(&sql).await.map_err(|e| format!("creating {}: {e}", spec.table))?;
-    let row = client.query_one("SELECT inet_server_addr()::text, inet_server_port()", &[]).await;
-    Ok(match row {
-        Ok(r) => {
-            format!("{}:{}", r.get::<_, Option<String>>(0).unwrap_or_default(), r.get::<_, Option<i32>>(1).unwrap_or(0))
-        }
-        Err(_) => "the primary".into(),
-    })
+    Ok(server(&client).await)
+}
+
+/// The server a client is connected to, for reports (`addr:port`).
+async fn server(client: &Client) -> String {
+    client
+        .query_one("SELECT inet_server_addr()::text || ':' || inet_server_port()::text", &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .unwrap_or_else(|| "the primary".into())
 }
 
 async fn run(spec: CanarySpec, drill: String, first_seq: u64, shared: Arc<Mutex<Shared>>) {
@@ -202,12 +218,7 @@ pub async fn verify(
     integrity: &[super::spec::IntegrityCheck],
 ) -> Result<(Vec<u64>, String, Vec<super::record::CheckLine>), String> {
     let client = connect(spec).await?;
-    let server = client
-        .query_one("SELECT inet_server_addr()::text || ':' || inet_server_port()::text", &[])
-        .await
-        .ok()
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .unwrap_or_else(|| "the primary".into());
+    let server = server(&client).await;
     let rows = client
         .query(&format!("SELECT seq FROM {} WHERE drill = $1", spec.table), &[&drill])
         .await

@@ -215,7 +215,7 @@ fn broadcast_halt(app: &AppRef, term: u64) {
             phase: -1,
             compensation: true,
             attempt: ((term as u32) << 16) | (halts as u32 & 0xffff),
-            fencing_token: app.engine.fencing_token(term),
+            fencing_token: app.engine.token(term),
             action: "fault.halt".into(),
             params_json: "{}".into(),
             timeout_ms: 30_000,
@@ -268,7 +268,7 @@ fn send_fault(app: &AppRef, d: &DrillRun, index: usize, revert: bool, term: u64,
         phase: index as i32,
         compensation: revert,
         attempt,
-        fencing_token: app.engine.fencing_token(term),
+        fencing_token: app.engine.token(term),
         action: if revert { "fault.revert" } else { "fault.inject" }.into(),
         params_json: params.to_string(),
         timeout_ms: 30_000,
@@ -337,14 +337,7 @@ async fn flush_canary(app: &AppRef, d: &DrillRun) {
     if progress.is_empty() && progress.error.is_empty() {
         return;
     }
-    let op = DrillOp::Canary {
-        acked: progress.acked,
-        failed: progress.failed,
-        first_failure_ms: progress.first_failure_ms,
-        recovered_ms: progress.recovered_ms,
-        error: progress.error,
-    };
-    commit(app, &d.id, op).await;
+    commit(app, &d.id, progress.into()).await;
 }
 
 async fn preflight(app: &AppRef, d: &DrillRun, now: i64) {
@@ -523,7 +516,7 @@ async fn inject(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             return;
         }
         if st.dispatched_ms == 0 {
-            let token = app.engine.fencing_token(term);
+            let token = app.engine.token(term);
             if commit(app, &d.id, DrillOp::FaultDispatch { fault: f.id.clone(), revert: false, token }).await
                 && let Some(d) = app.view.drill_run(&d.id)
             {
@@ -584,7 +577,7 @@ async fn fault_upkeep(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             && now >= st.injected_ms + dur as i64
         {
             if st.revert_dispatched_ms == 0 {
-                let token = app.engine.fencing_token(term);
+                let token = app.engine.token(term);
                 commit(app, &d.id, DrillOp::FaultDispatch { fault: f.id.clone(), revert: true, token }).await;
             } else {
                 send_fault(app, d, i, true, term, now);
@@ -612,14 +605,14 @@ async fn respond(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
                 verify_and_restore(app, d, &why).await;
             }
             Some(_) => {}
-            None => start_response(app, d, injected, now).await,
+            None => start_response(app, d, injected).await,
         },
     }
 }
 
 /// Adopts a run the platform started on its own after the injection, or starts the drill's
 /// playbook when its start condition holds.
-async fn start_response(app: &AppRef, d: &DrillRun, injected: i64, now: i64) {
+async fn start_response(app: &AppRef, d: &DrillRun, injected: i64) {
     let reason = format!("GameDay drill {} ({})", d.id, d.drill);
     let adopted = app
         .view
@@ -648,7 +641,7 @@ async fn start_response(app: &AppRef, d: &DrillRun, injected: i64, now: i64) {
         return;
     }
     let mode = if *unplanned { RunMode::Unplanned } else { RunMode::Planned };
-    if let Err(text) = start_playbook(app, d, playbook, params, mode, reason, now).await {
+    if let Err(text) = start_playbook(app, d, playbook, params, mode, reason).await {
         commit(app, &d.id, DrillOp::Deviation { text }).await;
     }
 }
@@ -660,7 +653,6 @@ async fn start_playbook(
     params: &BTreeMap<String, String>,
     mode: RunMode,
     reason: String,
-    _now: i64,
 ) -> Result<(), String> {
     let map: HashMap<String, String> = params.clone().into_iter().collect();
     let (stored, resolved) =
@@ -712,14 +704,7 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
         let p = c.take();
         drop(c);
         if !p.is_empty() {
-            let op = DrillOp::Canary {
-                acked: p.acked,
-                failed: p.failed,
-                first_failure_ms: p.first_failure_ms,
-                recovered_ms: p.recovered_ms,
-                error: p.error,
-            };
-            commit(app, &d.id, op).await;
+            commit(app, &d.id, p.into()).await;
             return;
         }
     }
@@ -747,7 +732,7 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
             continue;
         }
         if st.revert_dispatched_ms == 0 {
-            let token = app.engine.fencing_token(term);
+            let token = app.engine.token(term);
             if commit(app, &d.id, DrillOp::FaultDispatch { fault: f.id.clone(), revert: true, token }).await
                 && let Some(d) = app.view.drill_run(&d.id)
             {
@@ -803,9 +788,7 @@ async fn restore(app: &AppRef, d: &DrillRun, term: u64, now: i64) {
         }
         match d.restore_run.as_deref().and_then(|id| app.view.run(id)) {
             None if !timed_out => {
-                if let Err(text) =
-                    start_playbook(app, d, pb, &d.spec.restore.params, RunMode::Planned, reason, now).await
-                {
+                if let Err(text) = start_playbook(app, d, pb, &d.spec.restore.params, RunMode::Planned, reason).await {
                     // Health may need a moment after the faults are reverted: retry until the timeout.
                     tracing::info!(drill_run = %d.id, "restore not started yet: {text}");
                 }

@@ -10,34 +10,14 @@ use super::spec::{
 };
 use crate::playbook::location::{Ctx, Path};
 use crate::playbook::{API_VERSION, PlaybookError};
-use marked_yaml::{LoadError, LoaderOptions};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// A refused drill file: where, which field, and what is wrong. Never worth retrying unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {field}: {message}")]
-pub struct DrillError {
-    /// The drill file as named by the caller.
-    pub file: String,
-    /// 1-based line of the offending node (0 when the problem has no position, e.g. unreadable).
-    pub line: usize,
-    /// 1-based column of the offending node (0 when it has no position).
-    pub column: usize,
-    /// Dotted path such as `spec.faults[1].latency`; `(yaml)` or `(file)` for the file itself.
-    pub field: String,
-    /// What is wrong, and where it helps, what would be right.
-    pub message: String,
-}
-
-// The location helpers are shared with playbooks and build their error type; the shape is the same.
-impl From<PlaybookError> for DrillError {
-    fn from(e: PlaybookError) -> DrillError {
-        DrillError { file: e.file, line: e.line, column: e.column, field: e.field, message: e.message }
-    }
-}
+/// A refused drill file: where, which field, and what is wrong. The same located error as a
+/// playbook's (both are read by the same loader and location helpers).
+pub type DrillError = PlaybookError;
 
 impl Drill {
     /// Parses and validates drill text; `file` names it in errors. Returns the drill and the
@@ -48,14 +28,7 @@ impl Drill {
 
     /// Reads and validates a drill file (see [`Drill::parse`]).
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<(Drill, String), DrillError> {
-        let file = path.as_ref().display().to_string();
-        let text = std::fs::read_to_string(path.as_ref()).map_err(|e| DrillError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            field: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (file, text) = crate::playbook::location::read(path.as_ref())?;
         Drill::parse(&file, &text)
     }
 }
@@ -337,11 +310,11 @@ struct Here<'a>(Ctx<'a>);
 
 impl Here<'_> {
     fn at(&self, path: &Path, message: impl Into<String>) -> DrillError {
-        self.0.at(path, message).into()
+        self.0.at(path, message)
     }
 
     fn at_key(&self, path: &Path, message: impl Into<String>) -> DrillError {
-        self.0.at_key(path, message).into()
+        self.0.at_key(path, message)
     }
 
     /// A name field (drill, service, region, resource, check): the rule of `state::validate_name`.
@@ -386,11 +359,9 @@ fn ms(d: Duration) -> u64 {
 /// See [`Drill::parse`].
 fn parse(file: &str, text: &str) -> Result<(Drill, String), DrillError> {
     let hash = hash(text);
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, e))?;
+    let root = crate::playbook::location::load(file, text, "a drill")?;
     let h = Here(Ctx { file, root: &root });
-    let raw: RawDoc =
-        marked_yaml::from_node(&root).map_err(|e| DrillError::from(h.0.serde_error(&Path::default(), e)))?;
+    let raw: RawDoc = marked_yaml::from_node(&root).map_err(|e| h.0.serde_error(&Path::default(), e))?;
 
     if raw.api_version != API_VERSION {
         return Err(h.at(
@@ -883,24 +854,6 @@ fn expectations(
 /// A duration for messages (`30m`, `2m 30s`).
 pub(crate) fn human(ms: u64) -> String {
     humantime::format_duration(Duration::from_millis(ms)).to_string()
-}
-
-fn load_error(file: &str, e: LoadError) -> DrillError {
-    let (mark, message) = match e {
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
-            (m, "a drill is a YAML mapping (apiVersion, kind, metadata, spec)".to_string())
-        }
-        LoadError::UnexpectedAnchor(m) => (m, "anchors and aliases are not supported: write each value out".into()),
-        LoadError::MappingKeyMustBeScalar(m) => (m, "mapping keys must be plain names".into()),
-        LoadError::UnexpectedTag(m) => (m, "YAML tags are not supported".into()),
-        LoadError::ScanError(m, se) => (m, se.info().to_string()),
-        LoadError::DuplicateKey(d) => {
-            let first = d.prev_key.span().start().map(|m| m.line()).unwrap_or(0);
-            let at = d.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 0, 0));
-            (at, format!("duplicate key `{}` (first at line {first})", d.key.as_str()))
-        }
-    };
-    DrillError { file: file.into(), line: mark.line(), column: mark.column(), field: "(yaml)".into(), message }
 }
 
 /// Checks every region and playbook the drill names against what the cluster knows, returning

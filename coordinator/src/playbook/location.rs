@@ -2,7 +2,7 @@
 
 use super::PlaybookError;
 use marked_yaml::spanned_serde::{Error as SerdeError, FromNodeError};
-use marked_yaml::{Marker, Node};
+use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
 use std::fmt;
 
 /// One step of a field path.
@@ -193,4 +193,52 @@ fn push_key(field: &mut String, key: &str) {
         field.push('.');
     }
     field.push_str(key);
+}
+
+/// Reads a file for [`load`]: its name as shown in errors, and its text.
+pub(crate) fn read(path: &std::path::Path) -> Result<(String, String), PlaybookError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((file, text)),
+        Err(e) => Err(PlaybookError {
+            file,
+            line: 0,
+            column: 0,
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// Loads a document (`what`: "a playbook", "a drill") into a tree whose every node keeps its
+/// position. No anchors, aliases or tags; duplicate keys refused; quoted scalars never coerced.
+pub(crate) fn load(file: &str, text: &str, what: &str) -> Result<Node, PlaybookError> {
+    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+    marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, text, what, e))
+}
+
+fn load_error(file: &str, text: &str, what: &str, e: LoadError) -> PlaybookError {
+    let (mark, message) = match e {
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+            (m, format!("{what} is a YAML mapping (apiVersion, kind, metadata, spec)"))
+        }
+        LoadError::UnexpectedAnchor(m) => (m, "anchors and aliases are not supported: write each value out".into()),
+        LoadError::MappingKeyMustBeScalar(m) => (m, "mapping keys must be plain names".into()),
+        LoadError::UnexpectedTag(m) => (m, "YAML tags are not supported".into()),
+        LoadError::ScanError(m, se) => {
+            let mut message = se.info().to_string();
+            // `{` and `}` end a plain scalar inside `{ }` or `[ ]`: the commonest cause there.
+            let line = text.lines().nth(m.line().saturating_sub(1)).unwrap_or("");
+            if message.contains("flow") && line.contains("${") {
+                message.push_str(r#"; inside { } or [ ], quote parameter references: "${name}""#);
+            }
+            (m, message)
+        }
+        LoadError::DuplicateKey(d) => {
+            let first = d.prev_key.span().start().map(|m| m.line()).unwrap_or(0);
+            let at = d.key.span().start().copied().unwrap_or_else(|| Marker::new(0, 0, 0, 0));
+            (at, format!("duplicate key `{}` (first at line {first})", d.key.as_str()))
+        }
+    };
+    PlaybookError { file: file.into(), line: mark.line(), column: mark.column(), field: "(yaml)".into(), message }
 }

@@ -114,14 +114,7 @@ impl Playbook {
 
     /// Reads and validates a playbook file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Playbook, PlaybookError> {
-        let file = path.as_ref().display().to_string();
-        let text = std::fs::read_to_string(path.as_ref()).map_err(|e| PlaybookError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            field: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (file, text) = location::read(path.as_ref())?;
         Playbook::parse(&file, &text)
     }
 

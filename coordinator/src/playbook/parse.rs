@@ -8,7 +8,7 @@ use super::resolved::{
     ResolvedStep, Targets, When,
 };
 use super::{API_VERSION, ParamKind, Parameter, Playbook, PlaybookError, is_name, subst};
-use marked_yaml::{LoadError, LoaderOptions, Node};
+use marked_yaml::Node;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
@@ -190,8 +190,7 @@ struct RawGate {
 /// See [`Playbook::parse`].
 pub(crate) fn parse(file: &str, text: &str) -> Result<Playbook, PlaybookError> {
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, text, e))?;
+    let root = super::location::load(file, text, "a playbook")?;
     let ctx = Ctx { file, root: &root };
     let raw: RawDoc = marked_yaml::from_node(&root).map_err(|e| ctx.serde_error(&Path::default(), e))?;
 
@@ -329,32 +328,6 @@ fn failover(ctx: &Ctx<'_>, p: &Path, f: RawFailover, rpo_seconds: Option<u64>) -
         }
     };
     Ok(Failover { source: f.source, target: f.target, accept_loss, automatic })
-}
-
-fn load_error(file: &str, text: &str, e: LoadError) -> PlaybookError {
-    let (mark, message) = match e {
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
-            (m, "a playbook is a YAML mapping (apiVersion, kind, metadata, spec)".to_string())
-        }
-        LoadError::UnexpectedAnchor(m) => (m, "anchors and aliases are not supported: write each value out".into()),
-        LoadError::MappingKeyMustBeScalar(m) => (m, "mapping keys must be plain names".into()),
-        LoadError::UnexpectedTag(m) => (m, "YAML tags are not supported".into()),
-        LoadError::ScanError(m, se) => {
-            let mut message = se.info().to_string();
-            // `{` and `}` end a plain scalar inside `{ }` or `[ ]`: the commonest cause there.
-            let line = text.lines().nth(m.line().saturating_sub(1)).unwrap_or("");
-            if message.contains("flow") && line.contains("${") {
-                message.push_str(r#"; inside { } or [ ], quote parameter references: "${name}""#);
-            }
-            (m, message)
-        }
-        LoadError::DuplicateKey(d) => {
-            let first = d.prev_key.span().start().map(|m| m.line()).unwrap_or(0);
-            let at = d.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 0, 0));
-            (at, format!("duplicate key `{}` (first at line {first})", d.key.as_str()))
-        }
-    };
-    PlaybookError { file: file.into(), line: mark.line(), column: mark.column(), field: "(yaml)".into(), message }
 }
 
 /// A step's effective policy.

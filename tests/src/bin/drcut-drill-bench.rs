@@ -50,10 +50,7 @@ async fn main() -> Result<()> {
             }
         }
         let missing = rec["canary"]["missing"].as_array().map_or(0, |m| m.len() as u64);
-        let n: u64 = rec["canary"]["acked"]
-            .as_array()
-            .map(|a| a.iter().map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0) + 1).sum())
-            .unwrap_or(0);
+        let n: u64 = drcut_tests::drill::acked(&rec);
         lost += missing;
         acked += n;
         last = id;

@@ -339,10 +339,8 @@ fn print_status(cli: &Cli, info: &pb::DrillRunInfo) {
             println!("  fault {id}: {state} ({})", s["detail"].as_str().unwrap_or(""));
         }
     }
-    let acked: u64 = rec["canary"]["acked"]
-        .as_array()
-        .map(|a| a.iter().map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0) + 1).sum())
-        .unwrap_or(0);
+    let acked: u64 = serde_json::from_value::<drcut_coordinator::drill::CanaryRecord>(rec["canary"].clone())
+        .map_or(0, |c| c.acked_count());
     if acked > 0 {
         let missing = rec["canary"]["missing"]
             .as_array()
