@@ -592,7 +592,9 @@ async fn ensure_cluster_identity(app: AppRef) {
                 tracing::debug!("cluster init not yet recorded: {e}");
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Soon after the first election, so the identity is the chain's first write rather than
+        // landing after whatever clients send in the meantime; the loop ends once it is recorded.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
