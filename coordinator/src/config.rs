@@ -106,6 +106,16 @@ struct RawConfig {
     http_listen: Option<String>,
     #[serde(default)]
     health: HealthTuning,
+    #[serde(default)]
+    auth: Option<AuthConfig>,
+}
+
+/// Authentication of API callers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The principals file (names, roles, SHA-256 hashes of API tokens); re-read when it changes.
+    pub principals_file: PathBuf,
 }
 
 /// A validated coordinator config.
@@ -135,6 +145,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// Health model tuning.
     pub health: HealthTuning,
+    /// API authentication; `None` = open mode (sandboxes and tests).
+    pub auth: Option<AuthConfig>,
 }
 
 impl Config {
@@ -244,6 +256,7 @@ impl Config {
             log_format: raw.log_format,
             http_listen,
             health: raw.health,
+            auth: raw.auth,
         })
     }
 

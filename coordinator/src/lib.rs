@@ -18,6 +18,7 @@
 //!   deterministic simulation (`tests/sim`) can drive them.
 
 pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod command;

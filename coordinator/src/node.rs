@@ -197,6 +197,8 @@ pub struct App {
     pub hub: HealthHub,
     /// The run engine's session registry.
     pub engine: crate::engine::Engine,
+    /// Who may call, and what they may do.
+    pub auth: crate::auth::Auth,
 }
 
 /// Shared handle.
@@ -469,6 +471,14 @@ where
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await
         .map_err(|e| NodeError::Io(format!("raft start: {e}")))?;
+    let auth = match &cfg.auth {
+        Some(a) => crate::auth::Auth::from_file(a.principals_file.clone())
+            .map_err(|e| cfg.error("auth.principals_file", e.to_string()))?,
+        None => {
+            tracing::warn!("no auth.principals_file: open mode, every caller may do everything (sandboxes only)");
+            crate::auth::Auth::open()
+        }
+    };
     let app = Arc::new(App {
         id: cfg.node_id,
         addr: cfg.advertise.clone(),
@@ -478,6 +488,7 @@ where
         pool,
         hub: HealthHub::new(Thresholds { down_after: cfg.health.down_after, up_after: cfg.health.up_after }),
         engine: crate::engine::Engine::default(),
+        auth,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -88,6 +88,7 @@ fn config(id: u64) -> Config {
         log_format: LogFormat::Text,
         http_listen: None,
         health: HealthTuning::default(),
+        auth: None,
     }
 }
 

@@ -1,0 +1,235 @@
+//! The principals file: who may call, with which roles, by which API tokens (stored only as
+//! SHA-256 hashes, so the file itself grants nothing to whoever reads it).
+
+use super::roles::Role;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+/// A refused principals file: names the file, the field and what is wrong.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{file}: {field}: {message}")]
+pub struct PrincipalsError {
+    /// The file.
+    pub file: String,
+    /// Dotted path of the offending field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    principals: Vec<RawPrincipal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    regions: Vec<String>,
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    sha256: String,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// Unique name; it is the actor in the audit log.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// The regions it may act on; empty = every region.
+    pub regions: BTreeSet<String>,
+}
+
+impl Principal {
+    /// Whether it may act on `region`.
+    pub fn may_act_on(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.contains(region)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    hash: [u8; 32],
+    expires: Option<SystemTime>,
+}
+
+/// A validated principals file.
+#[derive(Debug, Clone, Default)]
+pub struct Principals {
+    entries: Vec<(Principal, Vec<Token>)>,
+}
+
+/// Why a token was not accepted (said to the caller without echoing the token).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenRefusal {
+    /// No principal has it.
+    Unknown,
+    /// It belonged to this principal and expired at this time (RFC 3339).
+    Expired {
+        /// Whose token.
+        principal: String,
+        /// When it expired.
+        at: String,
+    },
+}
+
+/// The SHA-256 of a token, as hex (what a principals file stores).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Principals {
+    /// Parses and validates a principals file; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Principals, PrincipalsError> {
+        let err = |field: String, message: String| PrincipalsError { file: file.to_string(), field, message };
+        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' ')).unwrap_or("(file)");
+            err(field.to_string(), msg.clone())
+        })?;
+        let mut names = BTreeSet::new();
+        let mut hashes = BTreeSet::new();
+        let mut entries = Vec::new();
+        for (i, p) in raw.principals.into_iter().enumerate() {
+            let f = format!("principals[{i}]");
+            crate::state::validate_name(&format!("{f}.name"), &p.name).map_err(|m| err(format!("{f}.name"), m))?;
+            if !names.insert(p.name.clone()) {
+                return Err(err(format!("{f}.name"), format!("{:?} appears more than once", p.name)));
+            }
+            if p.roles.is_empty() {
+                return Err(err(format!("{f}.roles"), "empty: give at least one role".into()));
+            }
+            if p.roles.iter().any(|r| matches!(r, Role::Agent | Role::Node)) {
+                return Err(err(
+                    format!("{f}.roles"),
+                    "agent and node identities come from certificates, not tokens".into(),
+                ));
+            }
+            if p.tokens.is_empty() {
+                return Err(err(format!("{f}.tokens"), "empty: give at least one token hash".into()));
+            }
+            let mut tokens = Vec::new();
+            for (j, t) in p.tokens.iter().enumerate() {
+                let tf = format!("{f}.tokens[{j}]");
+                let bytes = hex::decode(&t.sha256).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                    err(
+                        format!("{tf}.sha256"),
+                        "not 64 hex digits: store the SHA-256 of the token (`drctl token new` prints it), \
+                         never the token itself"
+                            .into(),
+                    )
+                })?;
+                let hash: [u8; 32] = bytes.try_into().expect("length checked");
+                if !hashes.insert(hash) {
+                    return Err(err(format!("{tf}.sha256"), "the same token is listed twice".into()));
+                }
+                let expires = match &t.expires {
+                    None => None,
+                    Some(s) => Some(
+                        humantime::parse_rfc3339_weak(s)
+                            .map_err(|e| err(format!("{tf}.expires"), format!("{s:?} is not an RFC 3339 time: {e}")))?,
+                    ),
+                };
+                tokens.push(Token { hash, expires });
+            }
+            let regions: BTreeSet<String> = p.regions.into_iter().collect();
+            entries.push((Principal { name: p.name, roles: p.roles, regions }, tokens));
+        }
+        Ok(Principals { entries })
+    }
+
+    /// The principal a bearer token belongs to, at time `now`.
+    pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<Principal, TokenRefusal> {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        for (p, tokens) in &self.entries {
+            // Constant-time comparison: a timing side channel on the hash would still leak nothing
+            // useful, but comparing every byte costs nothing.
+            if let Some(t) = tokens.iter().find(|t| t.hash.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+            {
+                if let Some(exp) = t.expires
+                    && exp <= now
+                {
+                    let at = humantime::format_rfc3339_seconds(exp).to_string();
+                    return Err(TokenRefusal::Expired { principal: p.name.clone(), at });
+                }
+                return Ok(p.clone());
+            }
+        }
+        Err(TokenRefusal::Unknown)
+    }
+
+    /// Number of principals.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the file names nobody.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn file(expires: &str) -> String {
+        format!(
+            "principals:\n  - name: alice\n    roles: [operator]\n    regions: [eu-west]\n    tokens:\n      - sha256: {}\n{expires}\
+             \n  - name: bob\n    roles: [approver]\n    tokens: [{{ sha256: {} }}]\n",
+            token_hash("alice-secret"),
+            token_hash("bob-secret")
+        )
+    }
+
+    #[test]
+    fn tokens_authenticate_their_principal_and_nothing_else() {
+        let p = Principals::parse("p.yaml", &file("")).unwrap();
+        let now = SystemTime::now();
+        let a = p.authenticate("alice-secret", now).unwrap();
+        assert_eq!((a.name.as_str(), a.roles.clone()), ("alice", vec![Role::Operator]));
+        assert!(a.may_act_on("eu-west") && !a.may_act_on("eu-central"));
+        assert_eq!(p.authenticate("bob-secret", now).unwrap().name, "bob");
+        assert_eq!(p.authenticate("alice-secreT", now), Err(TokenRefusal::Unknown));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_naming_when() {
+        let p = Principals::parse("p.yaml", &file("        expires: 2026-01-01T00:00:00Z")).unwrap();
+        let later = humantime::parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
+        let r = p.authenticate("alice-secret", later).unwrap_err();
+        assert_eq!(r, TokenRefusal::Expired { principal: "alice".into(), at: "2026-01-01T00:00:00Z".into() });
+        assert!(p.authenticate("alice-secret", later - Duration::from_secs(200 * 86400)).is_ok());
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let field = |t: &str| Principals::parse("p.yaml", t).unwrap_err().field;
+        let good = file("");
+        assert_eq!(field(&good.replace("[operator]", "[]")), "principals[0].roles");
+        assert_eq!(field(&good.replace("[approver]", "[node]")), "principals[1].roles");
+        assert_eq!(field(&good.replace("name: bob", "name: alice")), "principals[1].name");
+        assert_eq!(field(&good.replace(&token_hash("bob-secret"), "bob-secret")), "principals[1].tokens[0].sha256");
+        assert_eq!(
+            field(&good.replace(&token_hash("bob-secret"), &token_hash("alice-secret"))),
+            "principals[1].tokens[0].sha256"
+        );
+        assert_eq!(field(&file("        expires: soon")), "principals[0].tokens[0].expires");
+        assert!(Principals::parse("p.yaml", &good.replace("roles: [approver]", "roles: [god]")).is_err());
+    }
+}
