@@ -2,7 +2,7 @@
 //! for peers, plus standard health checking and reflection.
 
 mod agent_link;
-mod control;
+pub mod control;
 mod drills;
 mod raft_transport;
 pub mod runs;
