@@ -8,10 +8,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 
 /// Serves HTTP on `listener` until the process ends.
@@ -48,6 +49,15 @@ pub fn render(app: &AppRef) -> String {
         "Last applied index",
         m.last_applied.map(|l| l.index()).unwrap_or(0) as i64,
     );
+    gauge(
+        &mut reg,
+        "drcut_raft_committed_index",
+        "Last index known committed by a quorum",
+        m.cluster_committed.map(|l| l.index()).unwrap_or(0) as i64,
+    );
+    let changes = Counter::<u64>::default();
+    changes.inc_by(app.leader_changes.load(Ordering::Relaxed));
+    reg.register("drcut_raft_leader_changes", "Leader changes this node has seen since it started", changes);
     gauge(&mut reg, "drcut_raft_is_leader", "1 when this node leads", app.raft.is_leader() as i64);
     gauge(&mut reg, "drcut_raft_leader_id", "Known leader's node id (0 = none)", m.current_leader.unwrap_or(0) as i64);
     gauge(&mut reg, "drcut_agent_sessions", "Open agent sessions on this node", app.hub.sessions() as i64);
@@ -103,7 +113,13 @@ pub fn render(app: &AppRef) -> String {
     let runs = app.view.runs();
     let by_state = Family::<Labels, Gauge>::default();
     let attempts = Family::<Labels, Gauge>::default();
+    let gates = Family::<Labels, Gauge>::default();
     for r in runs.values() {
+        for g in &r.run.gates {
+            gates
+                .get_or_create(&vec![("result".to_string(), if g.ok { "passed" } else { "failed" }.to_string())])
+                .inc();
+        }
         by_state.get_or_create(&vec![("state".to_string(), crate::run::state_text(&r.run.state).0.to_string())]).inc();
         for a in r.run.history.iter().filter(|a| a.finished_ms > 0) {
             let action = r.run.plan.steps.get(a.work.step).map(|s| s.act.action.clone()).unwrap_or_default();
@@ -117,6 +133,7 @@ pub fn render(app: &AppRef) -> String {
     }
     reg.register("drcut_runs", "Runs by state", by_state);
     reg.register("drcut_step_attempts", "Finished step attempts by action and result", attempts);
+    reg.register("drcut_gates", "SLO gate evaluations after traffic phases, by result", gates);
 
     // GameDay drills: what is running and what is broken right now, and how drills ended.
     let drills = app.view.drill_runs();

@@ -199,6 +199,9 @@ pub struct App {
     pub engine: crate::engine::Engine,
     /// Who may call, and what they may do.
     pub auth: crate::auth::Auth,
+    /// Leader changes this node has seen since it started (a metric: flapping leadership is an
+    /// incident of its own).
+    pub leader_changes: std::sync::atomic::AtomicU64,
 }
 
 /// Shared handle.
@@ -489,6 +492,7 @@ where
         hub: HealthHub::new(Thresholds { down_after: cfg.health.down_after, up_after: cfg.health.up_after }),
         engine: crate::engine::Engine::default(),
         auth,
+        leader_changes: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -500,6 +504,7 @@ where
         bootstrap(&app, &cfg).await;
     }
     tokio::spawn(ensure_cluster_identity(app.clone()));
+    tokio::spawn(count_leader_changes(app.clone()));
     tokio::spawn(health_ticker(app.clone(), Duration::from_millis(cfg.health.tick_ms)));
     tokio::spawn(crate::engine::run(app.clone()));
     tokio::spawn(crate::drill::engine::run(app.clone()));
@@ -523,6 +528,20 @@ where
     sm.flush().await.map_err(|e| NodeError::Io(format!("flush state: {e}")))?;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(())
+}
+
+/// Counts changes of the known leader (to another node or to none) for the metrics.
+async fn count_leader_changes(app: AppRef) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut rx = app.raft.metrics();
+    let mut last = rx.borrow_watched().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_watched().current_leader;
+        if now != last {
+            last = now;
+            app.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 fn open_store<T>(cfg: &Config, name: &str, open: impl Fn(&Path) -> std::io::Result<T>) -> Result<T, NodeError> {

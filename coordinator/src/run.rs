@@ -287,6 +287,24 @@ pub struct Run {
     /// Unplanned: who consented to the loss, naming it.
     #[serde(default)]
     pub consent: Option<String>,
+    /// Every gate evaluated after a traffic phase, in order (the console and metrics show them).
+    #[serde(default)]
+    pub gates: Vec<GateRecord>,
+}
+
+/// One SLO gate evaluation after a traffic phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRecord {
+    /// The step (index in the plan).
+    pub step: usize,
+    /// The traffic share the phase had moved to, in percent.
+    pub percent: u8,
+    /// Passed.
+    pub ok: bool,
+    /// The evidence (region state against what the gate requires).
+    pub detail: String,
+    /// When it was committed.
+    pub at_ms: i64,
 }
 
 /// What the leader should do for a run now.
@@ -355,6 +373,7 @@ impl Run {
             fencing: None,
             loss: None,
             consent: None,
+            gates: vec![],
         }
     }
 
@@ -800,12 +819,14 @@ impl Run {
     }
 
     /// The gate after a dwell passed or failed.
-    pub fn record_gate(&mut self, ok: bool, detail: &str) {
+    pub fn record_gate(&mut self, ok: bool, detail: &str, at_ms: i64) {
         self.dwell_until_ms = None;
+        let step = &self.plan.steps[self.cursor];
+        let percent = step.phases.get(self.phase.saturating_sub(1)).copied().unwrap_or(0);
+        self.gates.push(GateRecord { step: self.cursor, percent, ok, detail: detail.to_string(), at_ms });
         if ok {
             return;
         }
-        let step = &self.plan.steps[self.cursor];
         let reason = format!("gate after {} phase {}% failed: {detail}", step.id, step.phases[self.phase - 1]);
         self.start_rollback(reason, Some(self.cursor));
     }
@@ -1017,7 +1038,8 @@ mod tests {
         // Dwelling until 11 + 500.
         assert_eq!(r.decide(100), Decision::Wait(Some(511)));
         assert!(matches!(r.decide(511), Decision::Gate { step: 3, phase: 0, .. }));
-        r.record_gate(true, "eu-central up");
+        r.record_gate(true, "eu-central up", 520);
+        assert_eq!((r.gates[0].step, r.gates[0].percent, r.gates[0].ok, r.gates[0].at_ms), (3, 25, true, 520));
         let Decision::Dispatch { work, act, .. } = r.decide(512) else { panic!() };
         assert_eq!((work.phase, act.with["percent"].as_u64()), (Some(1), Some(100)));
         r.record_dispatch(work.clone(), 8, 512);
@@ -1047,7 +1069,7 @@ mod tests {
         for _ in 0..4 {
             drive(&mut r, 0, true);
         }
-        r.record_gate(false, "eu-central degraded");
+        r.record_gate(false, "eu-central degraded", 530);
         let Decision::Dispatch { work, act, .. } = r.decide(600) else { panic!() };
         // Only the traffic shift is undone: freeze (before the point of no return) is not.
         assert_eq!((work.step, act.with["percent"].as_u64()), (3, Some(0)));

@@ -306,7 +306,7 @@ impl State {
                     }
                     RunOp::Gate { ok, detail } => {
                         if r.dwell_until_ms.is_some() {
-                            r.record_gate(*ok, detail);
+                            r.record_gate(*ok, detail, req.at_ms);
                             Ok(true)
                         } else {
                             Ok(false)

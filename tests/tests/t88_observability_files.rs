@@ -17,7 +17,9 @@ fn metric_names(expr: &str) -> Vec<String> {
     while let Some(i) = rest.find("drcut_") {
         let tail = &rest[i..];
         let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
-        out.push(tail[..end].to_string());
+        // A counter's family `x` is scraped as the series `x_total`.
+        let name = &tail[..end];
+        out.push(name.strip_suffix("_total").unwrap_or(name).to_string());
         rest = &tail[end..];
     }
     out

@@ -62,6 +62,15 @@ async fn failed_gate_shifts_traffic_back_and_keeps_the_promotion() -> Result<()>
         info.state_reason
     );
 
+    let gates = rec["run"]["gates"].as_array().context("gates")?;
+    ensure!(
+        gates.len() == 1
+            && gates[0]["ok"] == false
+            && gates[0]["percent"] == 25
+            && gates[0]["at_ms"].as_i64() > Some(0),
+        "the failed gate is recorded with its phase and time: {gates:?}"
+    );
+
     tracing::info!("--- only the traffic shift was undone");
     let shift = step_index(&rec, "shift")? as u64;
     let history = rec["run"]["history"].as_array().context("history")?;

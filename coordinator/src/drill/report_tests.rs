@@ -218,6 +218,7 @@ fn response(id: &str, state: RunState) -> RunRecord {
             fencing: None,
             loss: None,
             consent: None,
+            gates: vec![],
         },
         playbook: "wallet-region-cutover".into(),
         playbook_hash: "cd".repeat(32),
