@@ -71,6 +71,31 @@ ensure_test_servers() {
 }
 
 # ensure_nextest: succeeds when `cargo nextest` is usable, installing it if needed.
+# ensure_manifest_validator: kubernetes-validate (PyPI; schema validation of deploy/kubernetes)
+# in a virtualenv under target/tools, pinned, so the system Python is left alone.
+kube_validator_version=1.37.0
+ensure_manifest_validator() {
+  local venv="$PWD/target/tools/kube-validate"
+  if [ -x "$venv/bin/kubernetes-validate" ] \
+    && [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$kube_validator_version" ]; then
+    return 0
+  fi
+  python3 -c 'import venv, ensurepip' 2>/dev/null || ensure_pkg_always python3-venv || return 1
+  step "installing kubernetes-validate $kube_validator_version (PyPI) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kube_validator_version"
+}
+
+# ensure_pkg_always PACKAGE...: installs Debian PACKAGEs (no command to test for).
+ensure_pkg_always() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing $*: install it (needs root and apt-get)" >&2
+    return 1
+  fi
+  apt_install "$@"
+}
+
 ensure_nextest() {
   cargo nextest --version >/dev/null 2>&1 && return 0
   step "installing cargo-nextest"

@@ -4,6 +4,7 @@
 use crate::command::HealthState;
 use crate::node::AppRef;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -17,11 +18,57 @@ use tokio::net::TcpListener;
 
 /// Serves HTTP on `listener` until the process ends.
 pub async fn serve(app: AppRef, listener: TcpListener) {
-    let router =
-        axum::Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok\n" })).with_state(app);
+    let router = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(app);
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!("http server stopped: {e}");
     }
+}
+
+/// Ready = this node knows a leader and has applied everything it knows committed, so it answers
+/// reads with current state and forwards writes somewhere; 503 with the reason otherwise. Never
+/// tie liveness to this: restarting the nodes of a cluster without quorum brings no quorum back.
+async fn readyz(State(app): State<AppRef>) -> impl IntoResponse {
+    let m = app.metrics();
+    let applied = m.last_applied.map(|l| l.index()).unwrap_or(0);
+    let committed = m.cluster_committed.map(|l| l.index()).unwrap_or(0);
+    match readiness(m.current_leader, applied, committed) {
+        Ok(()) => (StatusCode::OK, format!("ready: leader {}, applied {applied}\n", m.current_leader.unwrap_or(0))),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+/// The readiness rule, pure.
+fn readiness(leader: Option<u64>, applied: u64, committed: u64) -> Result<(), String> {
+    let Some(_) = leader else {
+        return Err("no leader known (election in progress, or this node cannot reach a quorum)".into());
+    };
+    if applied < committed {
+        return Err(format!("catching up: applied {applied} of {committed} committed entries"));
+    }
+    Ok(())
+}
+
+/// Asks a node's HTTP listener for `/healthz` (the container health check).
+pub async fn probe(addr: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let head = String::from_utf8_lossy(&buf);
+        let status = head.lines().next().unwrap_or("").to_string();
+        if status.split_whitespace().nth(1) == Some("200") { Ok(()) } else { Err(format!("answered {status:?}")) }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), attempt)
+        .await
+        .map_err(|_| "no answer within 3 s".to_string())?
 }
 
 async fn metrics(State(app): State<AppRef>) -> impl IntoResponse {
@@ -163,4 +210,14 @@ pub fn render(app: &AppRef) -> String {
         tracing::warn!("metrics encoding: {e}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ready_needs_a_leader_and_no_backlog() {
+        assert!(super::readiness(None, 5, 5).unwrap_err().contains("no leader"));
+        assert!(super::readiness(Some(2), 4, 5).unwrap_err().contains("applied 4 of 5"));
+        assert!(super::readiness(Some(2), 5, 5).is_ok());
+    }
 }

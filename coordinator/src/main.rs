@@ -11,8 +11,13 @@ use std::process::ExitCode;
 #[command(version, about)]
 struct Args {
     /// The node's YAML config.
-    #[arg(long, short, env = "DRCUT_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "DRCUT_CONFIG", required_unless_present = "probe")]
+    config: Option<PathBuf>,
+    /// Instead of running a node: ask the node whose HTTP listener is at HOST:PORT whether its
+    /// process is alive (`/healthz`); exit 0 if so. For container health checks: the image has
+    /// no shell or curl.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "config")]
+    probe: Option<std::net::SocketAddr>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -36,7 +41,17 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match Config::load(&args.config) {
+    if let Some(addr) = args.probe {
+        return match drcut_coordinator::http::probe(addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("drcut-coordinator: probe {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(config) = args.config else { unreachable!("clap requires --config without --probe") };
+    let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("drcut-coordinator: config error: {e}");

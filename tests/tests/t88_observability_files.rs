@@ -88,6 +88,24 @@ async fn alert_rules_and_dashboard_name_only_exported_metrics() -> Result<()> {
     for m in ["drcut_raft_is_leader", "drcut_runs_held", "drcut_drills_active", "drcut_agent_faults_active"] {
         ensure!(have.contains(m), "{m} not scraped: {have:?}");
     }
+
+    // Readiness (Kubernetes) and the image's health check probe.
+    let http_addr = drcut_tests::cluster::http_addr(88, 1);
+    let ready = http.get(format!("http://{http_addr}/readyz")).send().await?;
+    ensure!(ready.status() == 200, "/readyz on a node with a leader: {}", ready.status());
+    let probe = |addr: String| {
+        std::process::Command::new(drcut_tests::bins::bin_path("drcut-coordinator").unwrap())
+            .args(["--probe", &addr])
+            .output()
+    };
+    let ok = probe(http_addr.to_string())?;
+    ensure!(ok.status.success(), "--probe of a live node: {}", String::from_utf8_lossy(&ok.stderr));
+    let dead = probe("127.0.88.99:9".into())?;
+    ensure!(
+        !dead.status.success() && String::from_utf8_lossy(&dead.stderr).contains("cannot connect"),
+        "--probe of nothing fails: {}",
+        String::from_utf8_lossy(&dead.stderr)
+    );
     // A family with labels appears in a scrape only once it has a series (a fresh cluster has
     // no runs, drills or fences): those must at least be registered by an exporter.
     for src in ["coordinator/src/http.rs", "agent/src/metrics.rs"] {
