@@ -30,6 +30,8 @@ pub struct Node {
     stderr_path: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Run this coordinator binary instead of the build's (a rolling upgrade to a new binary).
+    pub binary: Option<PathBuf>,
 }
 
 impl Node {
@@ -44,6 +46,7 @@ impl Node {
             stderr_path: dir.join(format!("node{id}.stderr.log")),
             child: None,
             starts: 0,
+            binary: None,
         }
     }
 
@@ -67,7 +70,11 @@ impl Node {
         };
         let stdout = open(&self.stdout_path)?;
         let stderr = open(&self.stderr_path)?;
-        let mut cmd = Command::new(bins::bin_path(bins::COORDINATOR)?);
+        let bin = match &self.binary {
+            Some(b) => b.clone(),
+            None => bins::bin_path(bins::COORDINATOR)?,
+        };
+        let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(&self.config_path)
             .env("DRCUT_LOG", std::env::var("DRCUT_NODE_LOG").unwrap_or_else(|_| "info".into()))
