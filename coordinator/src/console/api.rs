@@ -106,6 +106,19 @@ fn hints(app: &AppRef) -> BTreeMap<String, PlaybookHint> {
         .collect()
 }
 
+fn service_facts(app: &AppRef) -> view::ServiceFacts {
+    let active_runs = app.view.active_runs().into_iter().map(|r| (r.run.service.clone(), r.run.id.clone())).collect();
+    let mut promoted: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
+    for r in app.view.runs().into_values().filter(|r| r.run.state == crate::run::RunState::Succeeded) {
+        let Some(step) = r.run.plan.steps.iter().find(|s| s.act.action == "promote_db") else { continue };
+        if promoted.get(&r.run.service).is_none_or(|(t, ..)| *t < r.ended_ms) {
+            promoted.insert(r.run.service.clone(), (r.ended_ms, step.act.region.clone(), r.run.id.clone()));
+        }
+    }
+    let promoted = promoted.into_iter().map(|(s, (_, region, run))| (s, (region, run))).collect();
+    view::ServiceFacts { hints: hints(app), active_runs, promoted }
+}
+
 /// `GET /api/status`: the board — cluster, regions' health, services with lag and the loss
 /// an unplanned failover would cause now — and whether the console is read-only, and why.
 pub async fn status(State(app): State<AppRef>, ConnectInfo(peer): Peer, h: HeaderMap) -> ApiResult {
@@ -113,10 +126,8 @@ pub async fn status(State(app): State<AppRef>, ConnectInfo(peer): Peer, h: Heade
     let req = pb::GetStatusRequest { consistency: pb::ReadConsistency::Local as i32 };
     let st = control(&app).get_status(grpc_request(req, &p)).await?.into_inner();
     let (ro, board) = tokio::join!(read_only(&app), health(&app, &p));
-    let active: BTreeMap<String, String> =
-        app.view.active_runs().into_iter().map(|r| (r.run.service.clone(), r.run.id.clone())).collect();
     let now = crate::node::now_ms();
-    let services = view::services(&st, &board, &hints(&app), &active, now);
+    let services = view::services(&st, &board, &service_facts(&app), now);
     Ok(json(json!({
         "now_unix_ms": now,
         "cluster": view::cluster(&st, ro.as_deref()),

@@ -107,16 +107,22 @@ pub struct PlaybookHint {
     pub target: Option<String>,
 }
 
+/// What the board knows of each service beyond the cluster status.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFacts {
+    /// Per service, its latest playbook's defaults.
+    pub hints: BTreeMap<String, PlaybookHint>,
+    /// Per service, the run holding it now.
+    pub active_runs: BTreeMap<String, String>,
+    /// Per service, the region the latest succeeded run promoted the database in, and the run.
+    pub promoted: BTreeMap<String, (String, String)>,
+}
+
 /// One row per service: where it is active, its standby's replication lag, and the data an
 /// unplanned failover would lose if the active region were lost now (the same rule the run
 /// records: [`loss_from_sample`] over the standby's latest sample).
-pub fn services(
-    status: &pb::ClusterStatus,
-    board: &pb::HealthBoard,
-    hints: &BTreeMap<String, PlaybookHint>,
-    active_runs: &BTreeMap<String, String>,
-    now_ms: i64,
-) -> Vec<Value> {
+pub fn services(status: &pb::ClusterStatus, board: &pb::HealthBoard, facts: &ServiceFacts, now_ms: i64) -> Vec<Value> {
+    let (hints, active_runs) = (&facts.hints, &facts.active_runs);
     let mut names: BTreeSet<String> = hints.keys().cloned().collect();
     names.extend(status.services.iter().map(|s| s.service.clone()));
     names.extend(status.regions.iter().flat_map(|r| r.roles.iter().map(|x| x.service.clone())));
@@ -133,17 +139,24 @@ pub fn services(
                     .collect()
             };
             let hint = hints.get(&name).cloned().unwrap_or_default();
-            let (active, from) = match (state.filter(|s| !s.primary_region.is_empty()), with_role(pb::RegionRole::Primary)) {
-                (Some(s), _) => (Some(s.primary_region.clone()), "last failover"),
-                (None, p) if p.len() == 1 => (p.first().cloned(), "region roles"),
-                _ => (hint.source.clone(), "playbook default"),
+            // A planned cutover moves the primary without a failover record: the latest run
+            // that promoted a database says where it is now.
+            let promoted = facts.promoted.get(&name);
+            let (active, from) = match (promoted, state.filter(|s| !s.primary_region.is_empty())) {
+                (Some((region, run)), _) => (Some(region.clone()), format!("promoted by run {run}")),
+                (None, Some(s)) => (Some(s.primary_region.clone()), "last failover".into()),
+                (None, None) => match with_role(pb::RegionRole::Primary) {
+                    p if p.len() == 1 => (p.first().cloned(), "region roles".into()),
+                    _ => (hint.source.clone(), "playbook default".into()),
+                },
             };
             let standby = with_role(pb::RegionRole::Standby)
                 .into_iter()
                 .find(|r| Some(r) != active.as_ref())
                 .or_else(|| {
                     // After a failover the old target is active: the standby is the other end.
-                    [hint.target.clone(), hint.source.clone()].into_iter().flatten().find(|r| Some(r) != active.as_ref())
+                    let ends = [hint.target.clone(), hint.source.clone()];
+                    ends.into_iter().flatten().find(|r| Some(r) != active.as_ref())
                 });
             let sample = standby.as_deref().and_then(|r| lag_sample(board, r));
             let lag = sample.as_ref().map(|s| {
@@ -207,7 +220,7 @@ mod tests {
         }
     }
 
-    fn setup(live: bool, checks: Vec<pb::CheckHealth>) -> (pb::ClusterStatus, pb::HealthBoard, BTreeMap<String, PlaybookHint>) {
+    fn setup(live: bool, checks: Vec<pb::CheckHealth>) -> (pb::ClusterStatus, pb::HealthBoard, ServiceFacts) {
         let status = pb::ClusterStatus {
             regions: vec![
                 pb::Region { name: "eu-west".into(), ..Default::default() },
@@ -224,13 +237,13 @@ mod tests {
             "wallet".to_string(),
             PlaybookHint { source: Some("eu-west".into()), target: Some("eu-central".into()) },
         )]);
-        (status, board, hints)
+        (status, board, ServiceFacts { hints, ..Default::default() })
     }
 
     #[test]
     fn loss_now_comes_from_the_standbys_freshest_sample() {
         let (status, board, hints) = setup(true, vec![standby_check(100.0, 0.0, 900), standby_check(4096.0, 0.0, 990)]);
-        let rows = services(&status, &board, &hints, &BTreeMap::new(), 1000);
+        let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!(r["active_region"], "eu-west");
@@ -243,13 +256,13 @@ mod tests {
     #[test]
     fn a_synchronous_standby_loses_no_acknowledged_write_and_no_sample_is_unknown() {
         let (status, board, hints) = setup(true, vec![standby_check(512.0, 1.0, 990)]);
-        let rows = services(&status, &board, &hints, &BTreeMap::new(), 1000);
+        let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows[0]["loss_if_failover_now"]["acknowledged_bytes"], 0);
         let (status, board, hints) = setup(true, vec![]);
-        let rows = services(&status, &board, &hints, &BTreeMap::new(), 1000);
+        let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows[0]["loss_if_failover_now"]["known"], false);
         let (status, board, hints) = setup(false, vec![standby_check(0.0, 1.0, 990)]);
-        let rows = services(&status, &board, &hints, &BTreeMap::new(), 1000);
+        let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows[0]["loss_if_failover_now"]["known"], false);
     }
 
@@ -257,8 +270,18 @@ mod tests {
     fn a_recorded_failover_moves_the_active_region_and_the_standby() {
         let (mut status, board, hints) = setup(true, vec![]);
         status.services.push(pb::ServiceStatus { service: "wallet".into(), primary_region: "eu-central".into(), ..Default::default() });
-        let rows = services(&status, &board, &hints, &BTreeMap::new(), 1000);
+        let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows[0]["active_region"], "eu-central");
+        assert_eq!(rows[0]["standby_region"], "eu-west");
+    }
+
+    #[test]
+    fn a_planned_cutover_moves_the_active_region_by_its_promotion() {
+        let (status, board, mut facts) = setup(true, vec![]);
+        facts.promoted.insert("wallet".into(), ("eu-central".into(), "wallet-1".into()));
+        let rows = services(&status, &board, &facts, 1000);
+        assert_eq!(rows[0]["active_region"], "eu-central");
+        assert_eq!(rows[0]["active_from"], "promoted by run wallet-1");
         assert_eq!(rows[0]["standby_region"], "eu-west");
     }
 }
