@@ -8,8 +8,7 @@
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 // Prints `RUN_ID=<id>` for the Rust side; exits non-zero with the reason on any failure.
 import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (k, d) => {
@@ -29,14 +28,14 @@ function check(cond, msg) {
   if (!cond) throw new Error('check failed: ' + msg);
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'drcut-chromium-'));
-// A fresh profile and no background traffic: this network reaches no Google host.
+// No background traffic (this network reaches no Google host); Playwright gives every launch
+// a fresh temporary profile of its own.
 const browser = await chromium.launch({
   executablePath: env('CHROMIUM', '/usr/bin/chromium'),
   headless: true,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-dev-shm-usage', `--user-data-dir=${profile}`],
+    '--disable-dev-shm-usage'],
 });
 
 // Every page: console errors and requests to anything but the console fail the test.
@@ -189,5 +188,4 @@ try {
   process.exitCode = 1;
 } finally {
   await browser.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
 }

@@ -183,6 +183,7 @@ async fn console_in_a_real_browser() -> Result<()> {
     }
     browser("degraded", &url, &shots).await?;
     ensure!(is_png(&shots.join("degraded.png"))?, "degraded.png is not a PNG screenshot");
+    env.cluster.finish();
     Ok(())
 }
 
@@ -286,5 +287,6 @@ async fn console_api_refuses_and_degrades() -> Result<()> {
         ensure!(tokio::time::Instant::now() < deadline, "never read-only: {st}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    cluster.finish();
     Ok(())
 }

@@ -147,7 +147,8 @@ pub fn services(status: &pb::ClusterStatus, board: &pb::HealthBoard, facts: &Ser
                 (None, Some(s)) => (Some(s.primary_region.clone()), "last failover".into()),
                 (None, None) => match with_role(pb::RegionRole::Primary) {
                     p if p.len() == 1 => (p.first().cloned(), "region roles".into()),
-                    _ => (hint.source.clone(), "playbook default".into()),
+                    _ if hint.source.is_some() => (hint.source.clone(), "playbook default".into()),
+                    _ => (None, "no primary region recorded".into()),
                 },
             };
             let standby = with_role(pb::RegionRole::Standby)
