@@ -190,7 +190,8 @@ async fn console_in_a_real_browser() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_api_refuses_and_degrades() -> Result<()> {
     let auth_dir = tempfile::tempdir()?;
-    let mut cluster = Cluster::builder(151).nodes(3).with_http().extra_yaml(&auth_yaml(auth_dir.path())?).start().await?;
+    let mut cluster =
+        Cluster::builder(151).nodes(3).with_http().extra_yaml(&auth_yaml(auth_dir.path())?).start().await?;
     let leader = cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
     let follower = [1, 2, 3].into_iter().find(|&i| i != leader).expect("a follower");
     let base = console_url(151, follower);

@@ -31,7 +31,8 @@ const STATUS_WAIT: Duration = Duration::from_millis(1500);
 const RUN_EVENTS_TAIL: u64 = 2000;
 
 /// The calls a principal's roles allow, so the page can disable what the server would refuse.
-const UI_CALLS: [&str; 7] = ["PlanCutover", "StartCutover", "ApproveRun", "PauseRun", "ResumeRun", "AbortRun", "RunDrill"];
+const UI_CALLS: [&str; 7] =
+    ["PlanCutover", "StartCutover", "ApproveRun", "PauseRun", "ResumeRun", "AbortRun", "RunDrill"];
 
 fn control(app: &AppRef) -> ControlService {
     ControlService::new(app.clone())
@@ -91,7 +92,8 @@ fn hints(app: &AppRef) -> BTreeMap<String, PlaybookHint> {
     latest
         .into_iter()
         .filter_map(|(service, stored)| {
-            let r = crate::playbook::Playbook::parse(&stored.name, &stored.text).ok()?.resolve(&BTreeMap::new()).ok()?;
+            let r =
+                crate::playbook::Playbook::parse(&stored.name, &stored.text).ok()?.resolve(&BTreeMap::new()).ok()?;
             let hint = PlaybookHint {
                 source: r.failover.as_ref().map(|f| f.source.clone()).or_else(|| r.params.get("source").cloned()),
                 target: r
@@ -278,14 +280,18 @@ async fn run_with_events(app: &AppRef, p: &crate::auth::Principal, run: &pb::Run
     // The service pages at 1000 entries: read the tail in pages.
     let mut from = req.from_seq;
     while from <= total {
-        let page = match control(app).list_audit(grpc_request(pb::ListAuditRequest { from_seq: from, ..req }, p)).await {
+        let page = match control(app).list_audit(grpc_request(pb::ListAuditRequest { from_seq: from, ..req }, p)).await
+        {
             Ok(r) => r.into_inner().entries,
             Err(_) => break,
         };
         let Some(last) = page.last() else { break };
         from = last.seq + 1;
         events.extend(page.iter().filter(|e| e.details_json.contains(&run.run_id)).map(view::audit_entry).filter(
-            |e| e["details"]["run_id"] == run.run_id.as_str() || e["details"]["record"]["run"]["id"] == run.run_id.as_str(),
+            |e| {
+                e["details"]["run_id"] == run.run_id.as_str()
+                    || e["details"]["record"]["run"]["id"] == run.run_id.as_str()
+            },
         ));
     }
     let mut v = view::run(run);

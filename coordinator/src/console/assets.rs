@@ -9,7 +9,8 @@ const STYLE: &str = include_str!("assets/app.css");
 
 /// Everything from this origin only: the browser itself refuses any external asset, and the
 /// page cannot be framed.
-const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const CSP: &str =
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
     ([(CONTENT_TYPE, kind), (CONTENT_SECURITY_POLICY, CSP), (CACHE_CONTROL, "no-cache")], body)

@@ -213,9 +213,13 @@ mod tests {
             check: "db".into(),
             region: "eu-central".into(),
             vantage_agent: "agent-c".into(),
-            values: [("receive_lag_bytes".to_string(), bytes), ("synchronous".to_string(), sync), ("lag_seconds".to_string(), 0.5)]
-                .into_iter()
-                .collect(),
+            values: [
+                ("receive_lag_bytes".to_string(), bytes),
+                ("synchronous".to_string(), sync),
+                ("lag_seconds".to_string(), 0.5),
+            ]
+            .into_iter()
+            .collect(),
             last_report_unix_ms: at,
             ..Default::default()
         }
@@ -231,7 +235,12 @@ mod tests {
         };
         let board = pb::HealthBoard {
             live,
-            regions: vec![pb::RegionHealth { region: "eu-central".into(), state: "up".into(), checks, ..Default::default() }],
+            regions: vec![pb::RegionHealth {
+                region: "eu-central".into(),
+                state: "up".into(),
+                checks,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let hints = BTreeMap::from([(
@@ -270,7 +279,11 @@ mod tests {
     #[test]
     fn a_recorded_failover_moves_the_active_region_and_the_standby() {
         let (mut status, board, hints) = setup(true, vec![]);
-        status.services.push(pb::ServiceStatus { service: "wallet".into(), primary_region: "eu-central".into(), ..Default::default() });
+        status.services.push(pb::ServiceStatus {
+            service: "wallet".into(),
+            primary_region: "eu-central".into(),
+            ..Default::default()
+        });
         let rows = services(&status, &board, &hints, 1000);
         assert_eq!(rows[0]["active_region"], "eu-central");
         assert_eq!(rows[0]["standby_region"], "eu-west");
