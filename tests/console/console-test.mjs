@@ -172,7 +172,10 @@ async function main() {
   await shot(o, 'runs.png');
   await o.click('#tab-drills');
   await o.waitForSelector('#drills tbody tr');
-  await o.waitForSelector('#drill-runs tbody tr');
+  await o.waitForSelector('#drill-runs tbody tr[data-drill-run] button');
+  await o.click('#drill-runs tbody tr[data-drill-run] button');
+  await o.waitForSelector('#drill-report:not([hidden])');
+  await o.waitForFunction(() => document.querySelector('#drill-report-text').textContent.length > 100);
   await shot(o, 'drills.png');
   await o.click('#tab-board');
   await o.waitForSelector(`#services tr[data-service=${SERVICE}]`);
