@@ -70,6 +70,30 @@ ensure_test_servers() {
   return "$rc"
 }
 
+# ensure_console_browser: Debian's Chromium, Node and Playwright for the browser test of the ops
+# console (t150_console drives /usr/bin/chromium through playwright-core from tests/console).
+# Playwright never downloads a browser of its own: the packaged one is the one tested.
+ensure_console_browser() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      echo "missing ${missing[*]}: install them (needs root and apt-get)" >&2
+      return 1
+    fi
+    apt_install "${missing[@]}"
+  fi
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/console" && pwd)"
+  # npm ci when nothing is installed yet, or the lock file changed since.
+  if [ ! -d "$dir/node_modules/playwright-core" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    step "npm ci in tests/console (playwright-core, no browser download)"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
+}
+
 # ensure_nextest: succeeds when `cargo nextest` is usable, installing it if needed.
 # ensure_manifest_validator: kubernetes-validate (PyPI; schema validation of deploy/kubernetes)
 # in a virtualenv under target/tools, pinned, so the system Python is left alone.

@@ -1,5 +1,5 @@
-//! The coordinator's HTTP side: Prometheus `/metrics` (and `/healthz` for process liveness).
-//! The ops console will live here too.
+//! The coordinator's HTTP side: Prometheus `/metrics`, `/healthz` for process liveness, and the
+//! ops console (the page at `/`, its API under `/api/`: see [`crate::console`]).
 
 use crate::command::HealthState;
 use crate::node::AppRef;
@@ -22,8 +22,11 @@ pub async fn serve(app: AppRef, listener: TcpListener) {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::console::router())
         .with_state(app);
-    if let Err(e) = axum::serve(listener, router).await {
+    // The console records the peer address of refused calls.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).await {
         tracing::error!("http server stopped: {e}");
     }
 }

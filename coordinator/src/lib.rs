@@ -12,7 +12,8 @@
 //! - [`node`]: wires Raft, stores and services together; bootstrap and shutdown.
 //! - [`health`]: the pure health model (hysteresis, vantage quorum); [`hub`] runs it on the
 //!   leader, fed by agent sessions.
-//! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services; [`http`]: `/metrics`.
+//! - [`grpc`]: the `Control`, `AgentLink` and `RaftTransport` services; [`http`]: `/metrics`
+//!   and the ops [`console`] (a web page over the `Control` service).
 //! - [`client`]: the client side used by `drctl` (endpoint failover, leader following).
 //! - [`clock`] and [`rt`]: wall-clock time and openraft's runtime, both replaceable so the
 //!   deterministic simulation (`tests/sim`) can drive them.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod console;
 pub mod drill;
 pub mod engine;
 pub mod failover;

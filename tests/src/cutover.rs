@@ -61,6 +61,10 @@ pub struct EnvOptions {
     /// The coordinator's and agents' default health settings instead of the tests' faster ones
     /// (for benchmarks: figures at the defaults).
     pub default_health: bool,
+    /// Every coordinator serves HTTP (`/metrics` and the console) on `127.0.B.N:9100`.
+    pub http: bool,
+    /// Verbatim YAML appended to every coordinator's config (e.g. an `auth:` section).
+    pub coordinator_yaml: String,
 }
 
 impl Env {
@@ -82,7 +86,11 @@ impl Env {
     /// [`Env::start`] with the options of the unplanned-failover tests.
     pub async fn start_with(block: u8, opt: EnvOptions) -> Result<Env> {
         let health = if opt.default_health { "" } else { HEALTH };
-        let cluster = Cluster::builder(block).nodes(3).extra_yaml(health).start().await?;
+        let mut builder = Cluster::builder(block).nodes(3).extra_yaml(health).extra_yaml(&opt.coordinator_yaml);
+        if opt.http {
+            builder = builder.with_http();
+        }
+        let cluster = builder.start().await?;
         // Check cadence: the tests' 200 ms, or the agent's default (300 ms) for benchmarks.
         let cadence =
             |y: String| if opt.default_health { y.replace("interval_ms: 200", "interval_ms: 300") } else { y };
