@@ -116,6 +116,27 @@ struct RawConfig {
 pub struct AuthConfig {
     /// The principals file (names, roles, SHA-256 hashes of API tokens); re-read when it changes.
     pub principals_file: PathBuf,
+    /// Calls per principal (and failed authentications per peer IP).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained calls per second.
+    pub per_second: u32,
+    /// Calls allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        // Far above a person or a console polling every second, far below what would let one
+        // token keep a node busy.
+        RateLimitConfig { per_second: 50, burst: 100 }
+    }
 }
 
 /// A validated coordinator config.
@@ -242,6 +263,14 @@ impl Config {
         }
         if raw.health.tick_ms == 0 {
             return Err(err("health.tick_ms", "must be ≥ 1".into()));
+        }
+        if let Some(a) = &raw.auth {
+            if a.rate_limit.per_second == 0 {
+                return Err(err("auth.rate_limit.per_second", "must be ≥ 1".into()));
+            }
+            if a.rate_limit.burst == 0 {
+                return Err(err("auth.rate_limit.burst", "must be ≥ 1".into()));
+            }
         }
         Ok(Config {
             file: file.to_string(),
