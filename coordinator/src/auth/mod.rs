@@ -7,8 +7,8 @@ pub mod principals;
 pub mod rate;
 pub mod roles;
 
-pub use principals::{Principal, Principals, PrincipalsError, TokenRefusal, token_hash};
 pub use layer::AuthLayer;
+pub use principals::{Principal, Principals, PrincipalsError, TokenRefusal, token_hash};
 pub use roles::{Role, required_role};
 
 use crate::command::Command;

@@ -106,9 +106,7 @@ pub fn context<T>(app: &AppRef, req: &Request<T>, ctx: Option<&pb::WriteContext>
     } else if !body.actor.is_empty() {
         body.actor
     } else {
-        header("x-drcut-actor")
-            .or_else(|| principal(req).map(|p| p.name.clone()))
-            .unwrap_or_else(|| "anonymous".into())
+        header("x-drcut-actor").or_else(|| principal(req).map(|p| p.name.clone())).unwrap_or_else(|| "anonymous".into())
     };
     Ok(Ctx { actor, request_id })
 }
