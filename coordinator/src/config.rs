@@ -358,6 +358,15 @@ mod tests {
     }
 
     #[test]
+    fn auth_rate_limit_defaults_and_bad_values_are_named() {
+        let c = Config::parse("f.yaml", &format!("{GOOD}auth: {{ principals_file: /p.yaml }}\n")).unwrap();
+        assert_eq!(c.auth.unwrap().rate_limit, RateLimitConfig { per_second: 50, burst: 100 });
+        let bad = |rl: &str| field_of(&format!("{GOOD}auth: {{ principals_file: /p.yaml, rate_limit: {rl} }}\n"));
+        assert_eq!(bad("{ per_second: 0 }"), "auth.rate_limit.per_second");
+        assert_eq!(bad("{ burst: 0 }"), "auth.rate_limit.burst");
+    }
+
+    #[test]
     fn joiner_needs_no_members() {
         let c =
             Config::parse("f.yaml", "node_id: 4\ncluster_id: c1\ndata_dir: /tmp/x\nlisten: 127.0.0.4:7001\n").unwrap();
