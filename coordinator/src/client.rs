@@ -7,8 +7,46 @@ use drcut_proto::v1::control_client::ControlClient;
 use drcut_proto::v1::{ClusterStatus, GetStatusRequest};
 use std::future::Future;
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// A `Control` client that sends the API token with every call.
+pub type Conn = ControlClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every request (nothing without a token). Its Debug
+/// output never shows the token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// For `token` (`None`: send none); refuses a token that cannot travel in a header.
+    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(Bearer(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| "the API token contains characters a header cannot carry".to_string()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Bearer(<token>)" } else { "Bearer(none)" })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Connect timeout per endpoint.
 const CONNECT: Duration = Duration::from_millis(800);
@@ -27,6 +65,19 @@ pub async fn probe_status_via(dialer: &Dialer, addr: &str, timeout: Duration) ->
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
+/// [`probe_status`] sending an API token.
+pub async fn probe_status_with(addr: &str, timeout: Duration, bearer: &Bearer) -> Option<ClusterStatus> {
+    let fut = async {
+        let ch = Dialer::tcp().connect(addr).await.ok()?;
+        ControlClient::with_interceptor(ch, bearer.clone())
+            .get_status(GetStatusRequest::default())
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
 /// A client over a list of endpoints.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -34,12 +85,25 @@ pub struct Client {
     /// Only talk to the first endpoint; never fail over or follow the leader.
     pinned: bool,
     timeout: Duration,
+    /// The API token sent with every call.
+    bearer: Bearer,
 }
 
 impl Client {
     /// A client trying `endpoints` in order.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        Client { endpoints, pinned: false, timeout }
+        Client { endpoints, pinned: false, timeout, bearer: Bearer::default() }
+    }
+
+    /// Sends `bearer` (an API token) with every call.
+    pub fn with_bearer(mut self, bearer: Bearer) -> Self {
+        self.bearer = bearer;
+        self
+    }
+
+    /// The token this client sends.
+    pub fn bearer(&self) -> &Bearer {
+        &self.bearer
     }
 
     /// Talk to the first endpoint only (for reads of one node's local state).
@@ -52,7 +116,7 @@ impl Client {
     /// retries there. Errors other than unavailability are returned at once: they are answers.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
-        F: Fn(ControlClient<Channel>) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut queue: Vec<String> = self.endpoints.clone();
@@ -80,7 +144,8 @@ impl Client {
                 },
                 Err(e) => return Err(Status::invalid_argument(format!("endpoint {addr:?}: {e}"))),
             };
-            let client = ControlClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+            let client =
+                ControlClient::with_interceptor(ch, self.bearer.clone()).max_decoding_message_size(64 * 1024 * 1024);
             match tokio::time::timeout(self.timeout, call(client)).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
@@ -102,7 +167,7 @@ impl Client {
     /// [`Client::call`]); the stream itself is not subject to the call timeout.
     pub async fn open_stream<T, F, Fut>(&self, open: F) -> Result<tonic::Streaming<T>, Status>
     where
-        F: Fn(ControlClient<Channel>) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
     {
         self.call(open).await

@@ -116,6 +116,27 @@ struct RawConfig {
 pub struct AuthConfig {
     /// The principals file (names, roles, SHA-256 hashes of API tokens); re-read when it changes.
     pub principals_file: PathBuf,
+    /// Calls per principal (and failed authentications per peer IP).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained calls per second.
+    pub per_second: u32,
+    /// Calls allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        // Far above a person or a console polling every second, far below what would let one
+        // token keep a node busy.
+        RateLimitConfig { per_second: 50, burst: 100 }
+    }
 }
 
 /// A validated coordinator config.
@@ -243,6 +264,14 @@ impl Config {
         if raw.health.tick_ms == 0 {
             return Err(err("health.tick_ms", "must be ≥ 1".into()));
         }
+        if let Some(a) = &raw.auth {
+            if a.rate_limit.per_second == 0 {
+                return Err(err("auth.rate_limit.per_second", "must be ≥ 1".into()));
+            }
+            if a.rate_limit.burst == 0 {
+                return Err(err("auth.rate_limit.burst", "must be ≥ 1".into()));
+            }
+        }
         Ok(Config {
             file: file.to_string(),
             node_id,
@@ -326,6 +355,15 @@ mod tests {
         assert_eq!(field_of(&GOOD.replace("node_id: 1", "node_id: 3")), "initial_members");
         assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat_ms: 900 }}\n")), "raft.election_timeout_min_ms");
         assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat: 9 }}\n")), "heartbeat");
+    }
+
+    #[test]
+    fn auth_rate_limit_defaults_and_bad_values_are_named() {
+        let c = Config::parse("f.yaml", &format!("{GOOD}auth: {{ principals_file: /p.yaml }}\n")).unwrap();
+        assert_eq!(c.auth.unwrap().rate_limit, RateLimitConfig { per_second: 50, burst: 100 });
+        let bad = |rl: &str| field_of(&format!("{GOOD}auth: {{ principals_file: /p.yaml, rate_limit: {rl} }}\n"));
+        assert_eq!(bad("{ per_second: 0 }"), "auth.rate_limit.per_second");
+        assert_eq!(bad("{ burst: 0 }"), "auth.rate_limit.burst");
     }
 
     #[test]

@@ -475,8 +475,7 @@ where
         .await
         .map_err(|e| NodeError::Io(format!("raft start: {e}")))?;
     let auth = match &cfg.auth {
-        Some(a) => crate::auth::Auth::from_file(a.principals_file.clone())
-            .map_err(|e| cfg.error("auth.principals_file", e.to_string()))?,
+        Some(a) => crate::auth::Auth::from_config(a).map_err(|e| cfg.error("auth.principals_file", e.to_string()))?,
         None => {
             tracing::warn!("no auth.principals_file: open mode, every caller may do everything (sandboxes only)");
             crate::auth::Auth::open()

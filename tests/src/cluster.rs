@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use drcut_proto::v1::control_client::ControlClient;
-use drcut_proto::v1::{AddRegionReply, ClusterStatus};
+use drcut_proto::v1::{AddRegionReply, ClusterStatus, GetStatusRequest, ReadConsistency};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::auth::TestPrincipals;
 use crate::client;
 use crate::config::{NodeConfig, RaftOptions};
 use crate::node::Node;
@@ -56,9 +57,18 @@ pub struct ClusterBuilder {
     cluster_id: String,
     extra_yaml: String,
     http: bool,
+    auth: Option<(TestPrincipals, Option<(u32, u32)>)>,
 }
 
 impl ClusterBuilder {
+    /// Turns on authentication: every node gets a principals file with `principals` plus the
+    /// harness's own admin principal ([`crate::auth::HARNESS`]), and `rate_limit` as
+    /// (per_second, burst) when given. The harness's calls then carry its token.
+    pub fn with_auth(mut self, principals: &TestPrincipals, rate_limit: Option<(u32, u32)>) -> Self {
+        self.auth = Some((principals.clone(), rate_limit));
+        self
+    }
+
     /// Appends verbatim YAML to every node's config (e.g. a `health:` section).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra_yaml.push_str(yaml);
@@ -101,6 +111,18 @@ impl ClusterBuilder {
     pub async fn build(self) -> Result<Cluster> {
         ensure!((1..=9).contains(&self.size), "1 to 9 nodes, not {}", self.size);
         let dir = tempfile::Builder::new().prefix(&format!("drcut-b{}-", self.block)).tempdir()?;
+        let mut extra_yaml = self.extra_yaml.clone();
+        let mut token = None;
+        if let Some((principals, rate)) = &self.auth {
+            let all = principals.clone().add(crate::auth::HARNESS, &["admin"], &[]);
+            token = Some(all.token(crate::auth::HARNESS).to_string());
+            let file = dir.path().join("principals.yaml");
+            std::fs::write(&file, all.yaml())?;
+            extra_yaml.push_str(&format!("auth:\n  principals_file: {:?}\n", file.display().to_string()));
+            if let Some((per_second, burst)) = rate {
+                extra_yaml.push_str(&format!("  rate_limit: {{ per_second: {per_second}, burst: {burst} }}\n"));
+            }
+        }
         let ids: Vec<u64> = (1..=self.size).collect();
         let initial = self.initial.unwrap_or_else(|| ids.clone());
         let members: Vec<(u64, String)> =
@@ -125,7 +147,7 @@ impl ClusterBuilder {
                 cfg.initial_members = members.clone();
             }
             cfg.raft = self.raft.clone();
-            cfg.extra_yaml = self.extra_yaml.clone();
+            cfg.extra_yaml = extra_yaml.clone();
             if self.http {
                 cfg.http_listen = Some(http_addr(self.block, id));
             }
@@ -145,6 +167,7 @@ impl ClusterBuilder {
             proxies,
             clients: Mutex::new(HashMap::new()),
             finished: false,
+            token,
         })
     }
 
@@ -170,6 +193,8 @@ pub struct Cluster {
     proxies: BTreeMap<(u64, u64), FaultProxy>,
     clients: Mutex<HashMap<u64, ControlClient<Channel>>>,
     finished: bool,
+    /// The harness principal's API token on a cluster with authentication.
+    token: Option<String>,
     /// Last, so it is deleted after the nodes are gone.
     dir: Option<tempfile::TempDir>,
 }
@@ -188,6 +213,7 @@ impl Cluster {
             cluster_id: format!("test-b{block}"),
             extra_yaml: String::new(),
             http: false,
+            auth: None,
         }
     }
 
@@ -305,14 +331,34 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The harness principal's API token (a cluster built [`ClusterBuilder::with_auth`]).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `msg` as a request carrying the harness's token, if the cluster has one.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        match &self.token {
+            Some(t) => crate::auth::with_token(msg, t),
+            None => tonic::Request::new(msg),
+        }
+    }
+
     /// Node `id`'s own view of the cluster (local read).
     pub async fn status(&self, id: u64) -> Result<ClusterStatus> {
-        client::status(&mut self.client(id)?).await.with_context(|| format!("GetStatus on node {id}"))
+        let req = self.request(GetStatusRequest { consistency: ReadConsistency::Local as i32 });
+        Ok(self.client(id)?.get_status(req).await.with_context(|| format!("GetStatus on node {id}"))?.into_inner())
     }
 
     /// Adds region `name` through node `via`.
     pub async fn add_region(&self, via: u64, name: &str) -> Result<AddRegionReply> {
-        client::add_region(&mut self.client(via)?, name).await.with_context(|| format!("via node {via}"))
+        let req = self.request(client::add_region_request(name));
+        Ok(self
+            .client(via)?
+            .add_region(req)
+            .await
+            .with_context(|| format!("adding region {name} via node {via}"))?
+            .into_inner())
     }
 
     /// Adds each region in `names` through node `via`, one after another.

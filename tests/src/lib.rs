@@ -6,6 +6,7 @@
 //! A test flows through the modules in this order:
 //! - [`bins`]: where the built binaries live (the target dir, or `DRCUT_BIN_DIR`).
 //! - [`config`]: a node's YAML config, written by the harness.
+//! - [`auth`]: principals files and token-carrying requests for clusters with authentication.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy placed on every node-to-node link that can be cut
 //!   and healed.
 //! - [`node`]: one coordinator process: start, SIGKILL, SIGTERM, restart, log tails.
@@ -41,6 +42,7 @@
 //! - `RUST_LOG`: the test's own log filter.
 
 pub mod agent;
+pub mod auth;
 pub mod bins;
 pub mod client;
 pub mod cluster;

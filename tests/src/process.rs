@@ -42,10 +42,22 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_env(program, args, &[], timeout).await
+}
+
+/// [`run`] with extra environment variables.
+pub async fn run_env<I, S>(program: &Path, args: I, env: &[(&str, &str)], timeout: Duration) -> Result<ProcessOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(program);
     cmd.args(args)
-        // Tests pass endpoints explicitly; an inherited one would silently redirect drctl.
+        // Tests pass endpoints and tokens explicitly; inherited ones would silently change drctl.
         .env_remove("DRCUT_ENDPOINT")
+        .env_remove("DRCUT_TOKEN")
+        .env_remove("DRCUT_TOKEN_FILE")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,9 +81,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    drctl_env(args, &[]).await
+}
+
+/// Runs `drctl` with `args` and extra environment variables (at most 30 s); values are not
+/// logged (they may be tokens).
+pub async fn drctl_env<I, S>(args: I, env: &[(&str, &str)]) -> Result<ProcessOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
-    tracing::info!(?args, "drctl");
-    let out = run(&bins::bin_path(bins::DRCTL)?, args, Duration::from_secs(30)).await?;
+    let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+    tracing::info!(?args, env = ?names, "drctl");
+    let out = run_env(&bins::bin_path(bins::DRCTL)?, args, env, Duration::from_secs(30)).await?;
     tracing::info!(code = ?out.code, stdout = %out.stdout.trim_end(), stderr = %out.stderr.trim_end(), "drctl finished");
     Ok(out)
 }

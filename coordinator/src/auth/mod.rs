@@ -2,17 +2,42 @@
 //! certificates for agents and nodes, one role table for gRPC and the console, and an audit
 //! record for every refusal.
 
+pub mod layer;
 pub mod principals;
+pub mod rate;
 pub mod roles;
 
+pub use layer::AuthLayer;
 pub use principals::{Principal, Principals, PrincipalsError, TokenRefusal, token_hash};
 pub use roles::{Role, required_role};
 
 use crate::command::Command;
+use crate::config::{AuthConfig, RateLimitConfig};
 use crate::node::{AppRef, LeaderRequest};
+use rate::{AuditThrottle, AuditVerdict, Buckets};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+/// Failed authentications a peer IP may make at once, then per second: a person mistyping is
+/// never slowed, a token guesser gets a handful of tries a second (2^256 tokens).
+const FAILURE_BURST: u32 = 20;
+/// See [`FAILURE_BURST`].
+const FAILURES_PER_SECOND: u32 = 2;
+/// Denial records per node per window; beyond, one summary record counts the rest.
+const AUDITED_DENIALS: u32 = 10;
+/// See [`AUDITED_DENIALS`].
+const AUDIT_WINDOW_MS: u64 = 1000;
+
+/// The mutable side of rate limiting.
+struct Limits {
+    /// Calls per principal.
+    calls: Buckets,
+    /// Failed authentications per peer IP.
+    failures: Buckets,
+    /// Denials written to the audit chain.
+    audit: AuditThrottle,
+}
 
 /// A refused call: what the caller is told (never the credential it sent).
 #[derive(Debug, Clone, PartialEq)]
@@ -40,18 +65,50 @@ pub struct Auth {
     /// The file as last loaded, with its modification time (re-read when that changes, so tokens
     /// rotate without a restart; a bad new file keeps the old one and logs why).
     loaded: Mutex<(Option<SystemTime>, Principals)>,
+    /// The rate limits and the denial-audit throttle.
+    limits: Mutex<Limits>,
+    /// The limits' clock (monotonic: a wall-clock step must not refill or drain buckets).
+    epoch: Instant,
+    /// The configured per-principal limit (for messages).
+    rate: RateLimitConfig,
 }
 
 impl Auth {
-    /// Open mode: nothing is checked.
-    pub fn open() -> Auth {
-        Auth { file: None, loaded: Mutex::new((None, Principals::default())) }
+    fn new(file: Option<PathBuf>, loaded: (Option<SystemTime>, Principals), rate: RateLimitConfig) -> Auth {
+        Auth {
+            file,
+            loaded: Mutex::new(loaded),
+            limits: Mutex::new(Limits {
+                calls: Buckets::new(rate.per_second, rate.burst),
+                failures: Buckets::new(FAILURES_PER_SECOND, FAILURE_BURST),
+                audit: AuditThrottle::new(AUDITED_DENIALS, AUDIT_WINDOW_MS),
+            }),
+            epoch: Instant::now(),
+            rate,
+        }
     }
 
-    /// Tokens from `file`, validated now (a node never starts with a bad principals file).
+    /// Open mode: nothing is checked (and nothing rate-limited: open mode has no identities to
+    /// key a limit on, only names callers declare).
+    pub fn open() -> Auth {
+        Auth::new(None, (None, Principals::default()), RateLimitConfig::default())
+    }
+
+    /// Tokens from `file`, validated now (a node never starts with a bad principals file), with
+    /// the default rate limit.
     pub fn from_file(file: PathBuf) -> Result<Auth, PrincipalsError> {
-        let (mtime, p) = load(&file)?;
-        Ok(Auth { file: Some(file), loaded: Mutex::new((mtime, p)) })
+        let loaded = load(&file)?;
+        Ok(Auth::new(Some(file), loaded, RateLimitConfig::default()))
+    }
+
+    /// From the `auth:` section of the coordinator config.
+    pub fn from_config(c: &AuthConfig) -> Result<Auth, PrincipalsError> {
+        let loaded = load(&c.principals_file)?;
+        Ok(Auth::new(Some(c.principals_file.clone()), loaded, c.rate_limit))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Whether tokens are required.
@@ -123,8 +180,54 @@ impl Auth {
     /// Admits one call by `who` under the rate limit (a principal's name, or the peer address of
     /// a caller not yet authenticated); refuses with `ResourceExhausted` beyond it.
     pub fn admit(&self, who: &str) -> Result<(), Denial> {
-        let _ = who;
-        Ok(())
+        if !self.enabled() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let verdict = self.limits.lock().expect("limits lock").calls.take(who, now);
+        verdict.map_err(|retry_ms| Denial {
+            code: tonic::Code::ResourceExhausted,
+            who: who.to_string(),
+            message: format!(
+                "rate limit: {who} may make {} calls per second (bursts of {}); retry in {retry_ms} ms",
+                self.rate.per_second, self.rate.burst
+            ),
+        })
+    }
+
+    /// Refuses a peer that failed to authenticate too often lately (token guessing), before its
+    /// token is even looked at.
+    pub fn admit_peer(&self, peer: Option<std::net::IpAddr>) -> Result<(), Denial> {
+        let Some(ip) = peer.filter(|_| self.enabled()) else { return Ok(()) };
+        let now = self.now_ms();
+        if self.limits.lock().expect("limits lock").failures.has_room(&ip.to_string(), now) {
+            return Ok(());
+        }
+        Err(Denial {
+            code: tonic::Code::ResourceExhausted,
+            who: ip.to_string(),
+            message: format!(
+                "rate limit: too many failed authentications from {ip} ({FAILURES_PER_SECOND} per second, \
+                 bursts of {FAILURE_BURST}); check the token and retry later"
+            ),
+        })
+    }
+
+    /// Counts a failed authentication against `peer` (see [`Auth::admit_peer`]).
+    pub fn note_failure(&self, peer: Option<std::net::IpAddr>) {
+        if let Some(ip) = peer {
+            let now = self.now_ms();
+            let _ = self.limits.lock().expect("limits lock").failures.take(&ip.to_string(), now);
+        }
+    }
+
+    fn note_denial(&self) -> AuditVerdict {
+        let now = self.now_ms();
+        self.limits.lock().expect("limits lock").audit.note(now)
+    }
+
+    fn take_suppressed(&self) -> u64 {
+        self.limits.lock().expect("limits lock").audit.take_suppressed()
     }
 
     /// Whether `p` may act on `region` in `call` (tokens and certificates scoped to regions).
@@ -155,7 +258,28 @@ fn load(file: &std::path::Path) -> Result<(Option<SystemTime>, Principals), Prin
 
 /// Records a refused call in the audit chain (in the background: the refusal is answered at
 /// once, and a cluster without quorum still refuses; the record is then only logged).
+/// At most [`AUDITED_DENIALS`] records a second per node: beyond, denials are counted and one
+/// `auth.denied.suppressed` record with the count follows at the end of the window.
 pub fn audit_denied(app: &AppRef, call: &str, d: &Denial, peer: Option<std::net::SocketAddr>) {
+    match app.auth.note_denial() {
+        AuditVerdict::Record => {}
+        AuditVerdict::Suppress { first } => {
+            tracing::debug!(call, who = %d.who, code = ?d.code, "denied (not audited: too many denials)");
+            if first {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(AUDIT_WINDOW_MS)).await;
+                    let count = app.auth.take_suppressed();
+                    tracing::warn!(count, "denied calls not audited one by one (more than {AUDITED_DENIALS} a second)");
+                    let details = serde_json::json!({ "count": count, "window_ms": AUDIT_WINDOW_MS,
+                        "note": format!("more than {AUDITED_DENIALS} denied calls a second on node {}: \
+                                         counted, not recorded one by one", app.id) });
+                    record(&app, "auth", "auth.denied.suppressed", details).await;
+                });
+            }
+            return;
+        }
+    }
     tracing::warn!(call, who = %d.who, code = ?d.code, peer = ?peer, "denied: {}", d.message);
     let details = serde_json::json!({
         "call": call,
@@ -164,16 +288,19 @@ pub fn audit_denied(app: &AppRef, call: &str, d: &Denial, peer: Option<std::net:
         "reason": d.message,
         "peer": peer.map(|p| p.to_string()).unwrap_or_default(),
     });
+    let app = app.clone();
+    let who = d.who.clone();
+    tokio::spawn(async move { record(&app, &who, "auth.denied", details).await });
+}
+
+async fn record(app: &AppRef, actor: &str, action: &str, details: serde_json::Value) {
     let req = crate::command::Request {
         request_id: String::new(),
-        actor: d.who.clone(),
+        actor: actor.to_string(),
         at_ms: 0,
-        cmd: Command::Record { action: "auth.denied".into(), details },
+        cmd: Command::Record { action: action.into(), details },
     };
-    let app = app.clone();
-    tokio::spawn(async move {
-        if let Err(e) = app.leader_call(LeaderRequest::Write(req), false).await {
-            tracing::warn!("denied call not audited (no leader reachable): {}", e.message());
-        }
-    });
+    if let Err(e) = app.leader_call(LeaderRequest::Write(req), false).await {
+        tracing::warn!("{action} not audited (no leader reachable): {}", e.message());
+    }
 }

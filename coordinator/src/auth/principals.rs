@@ -218,6 +218,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_loads() {
+        let text = include_str!("../../../docs/examples/principals.yaml");
+        let p = Principals::parse("principals.yaml", text).unwrap();
+        let now = humantime::parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
+        let d = p.authenticate("drcut_EXAMPLE_dave_not_a_real_token", now).unwrap();
+        assert_eq!((d.name.as_str(), d.may_act_on("eu-central")), ("dave", false));
+    }
+
+    #[test]
     fn bad_files_name_the_field() {
         let field = |t: &str| Principals::parse("p.yaml", t).unwrap_err().field;
         let good = file("");

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use drcut_coordinator::audit::{AuditEntry, ChainVerifier};
-use drcut_coordinator::client::{Client, probe_status};
+use drcut_coordinator::client::{Bearer, Client, probe_status_with};
 use drcut_proto::v1 as pb;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[path = "drctl/drill.rs"]
 mod drill;
+#[path = "drctl/token.rs"]
+mod token;
 
 /// Operate a drcut coordinator cluster.
 #[derive(Parser)]
@@ -22,9 +24,17 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
-    /// Principal recorded in the audit chain (defaults to $USER@host).
+    /// Principal recorded in the audit chain in open mode (defaults to $USER@host); with
+    /// authentication the cluster records the token's principal instead.
     #[arg(long, env = "DRCUT_ACTOR", global = true)]
     actor: Option<String>,
+    /// API token (`drctl token new` makes one). Prefer DRCUT_TOKEN or --token-file: a flag is
+    /// visible to other users in the process list.
+    #[arg(long, env = "DRCUT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A file whose first line is the API token.
+    #[arg(long, env = "DRCUT_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Idempotency key for a write; retrying with the same key applies the write once.
     #[arg(long, global = true)]
     request_id: Option<String>,
@@ -98,6 +108,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<HealthCmd>,
     },
+    /// API tokens: make one for a principal, or hash one (local; contacts no cluster).
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -351,8 +364,14 @@ fn ctx(cli: &Cli) -> Option<pb::WriteContext> {
 }
 
 async fn run(cli: &Cli) -> Result<(), Fail> {
-    let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout));
+    if let Cmd::Token(t) = &cli.cmd {
+        return token::run(cli, t);
+    }
+    let tok = token::resolve(cli.token.as_deref(), cli.token_file.as_ref())?;
+    let bearer = Bearer::new(tok.as_deref()).map_err(|e| Fail(2, e))?;
+    let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout)).with_bearer(bearer);
     match &cli.cmd {
+        Cmd::Token(_) => unreachable!("handled above"),
         Cmd::Status { linearizable } => status(cli, &client, *linearizable).await,
         Cmd::Drill(d) => drill::run(cli, &client, d).await,
         Cmd::Cluster(c) => {
@@ -853,12 +872,14 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     let st = client.call(|mut c| async move { c.get_status(pb::GetStatusRequest { consistency }).await }).await?;
     // Replication progress is only known to the leader; ask it when we reached a follower.
     let st = if st.state != "Leader" && !st.leader_addr.is_empty() {
-        probe_status(&st.leader_addr, Duration::from_secs(2)).await.unwrap_or(st)
+        probe_status_with(&st.leader_addr, Duration::from_secs(2), client.bearer()).await.unwrap_or(st)
     } else {
         st
     };
-    let probes =
-        futures::future::join_all(st.members.iter().map(|m| probe_status(&m.addr, Duration::from_secs(1)))).await;
+    let probes = futures::future::join_all(
+        st.members.iter().map(|m| probe_status_with(&m.addr, Duration::from_secs(1), client.bearer())),
+    )
+    .await;
     if cli.json {
         let members: Vec<Value> = st
             .members
@@ -890,6 +911,8 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
                 "last_applied": st.last_applied, "last_log_index": st.last_log_index,
                 "snapshot_index": st.snapshot_index, "members": members, "regions": regions,
                 "audit": {"entries": st.audit_len, "head": st.audit_head},
+                "auth": {"enabled": st.auth_enabled, "principal": st.principal, "roles": st.roles,
+                         "regions": st.principal_regions},
             })
         );
         return Ok(());
@@ -900,6 +923,16 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
         format!("node {} ({})", st.leader_id, st.leader_addr)
     };
     println!("cluster {}  leader {}  term {}  commit {}", st.cluster_id, leader, st.term, st.commit_index);
+    if st.auth_enabled {
+        let scope =
+            if st.principal_regions.is_empty() { "all regions".to_string() } else { st.principal_regions.join(", ") };
+        println!("authentication: enabled; you are {} ({}; {scope})", st.principal, st.roles.join(", "));
+    } else {
+        println!(
+            "authentication: DISABLED (open mode): every caller may do everything and names itself; \
+             set auth.principals_file on every node"
+        );
+    }
     print_members(&st.members, &probes);
     println!();
     print_regions(&st.regions);

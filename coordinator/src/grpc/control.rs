@@ -1,5 +1,6 @@
 //! The client API: status, membership, regions, audit.
 
+use crate::auth::Principal;
 use crate::command::{self, Command, Outcome, Rejection, Role};
 use crate::node::{AppRef, Ctx, LeaderReply, LeaderRequest};
 use crate::state::validate_region;
@@ -31,13 +32,7 @@ impl ControlService {
         Ok(())
     }
 
-    async fn write(
-        &self,
-        ctx: Option<pb::WriteContext>,
-        md: &tonic::metadata::MetadataMap,
-        cmd: Command,
-    ) -> Result<command::Response, Status> {
-        let ctx = context(ctx, md);
+    async fn write(&self, ctx: Ctx, cmd: Command) -> Result<command::Response, Status> {
         let req = command::Request { request_id: ctx.request_id, actor: ctx.actor, at_ms: 0, cmd };
         let LeaderReply::Write(resp) = self.app.leader_call(LeaderRequest::Write(req), false).await? else {
             return Err(Status::internal("unexpected reply to a write"));
@@ -89,15 +84,77 @@ impl ControlService {
     }
 }
 
-/// Actor and request id from the request body, falling back to metadata headers.
-fn context(ctx: Option<pb::WriteContext>, md: &tonic::metadata::MetadataMap) -> Ctx {
-    let ctx = ctx.unwrap_or_default();
+/// The principal making a call: put in the request by the auth layer (gRPC) or by the console
+/// (in-process calls).
+pub fn principal<T>(req: &Request<T>) -> Option<&Principal> {
+    req.extensions().get::<Principal>()
+}
+
+/// Actor and request id of a write. With authentication the actor is the authenticated
+/// principal, whatever the body or headers say (nobody can act, or approve, as someone else);
+/// in open mode it is the declared one: the body's, else `x-drcut-actor`, else the principal's.
+pub fn context<T>(app: &AppRef, req: &Request<T>, ctx: Option<&pb::WriteContext>) -> Result<Ctx, Status> {
+    let md = req.metadata();
     let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let actor =
-        if ctx.actor.is_empty() { header("x-drcut-actor").unwrap_or_else(|| "anonymous".into()) } else { ctx.actor };
+    let body = ctx.cloned().unwrap_or_default();
     let request_id =
-        if ctx.request_id.is_empty() { header("x-drcut-request-id").unwrap_or_default() } else { ctx.request_id };
-    Ctx { actor, request_id }
+        if body.request_id.is_empty() { header("x-drcut-request-id").unwrap_or_default() } else { body.request_id };
+    let actor = if app.auth.enabled() {
+        principal(req)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| Status::unauthenticated("no authenticated principal for this call"))?
+    } else if !body.actor.is_empty() {
+        body.actor
+    } else {
+        header("x-drcut-actor").or_else(|| principal(req).map(|p| p.name.clone())).unwrap_or_else(|| "anonymous".into())
+    };
+    Ok(Ctx { actor, request_id })
+}
+
+/// Who calls, for region-scope checks after the request body has been consumed.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The principal (none: an in-process call without one, or a test double).
+    pub principal: Option<Principal>,
+    /// The peer's address, for the denial record.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl Caller {
+    /// The caller of `req`.
+    pub fn of<T>(req: &Request<T>) -> Caller {
+        Caller { principal: principal(req).cloned(), peer: req.remote_addr() }
+    }
+
+    /// Whether the caller may act on every region in `regions`; a refusal is audited.
+    pub fn may_act_on<'a>(
+        &self,
+        app: &AppRef,
+        call: &str,
+        regions: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), Status> {
+        let Some(p) = &self.principal else { return Ok(()) };
+        for r in regions {
+            if let Err(d) = app.auth.authorize_region(p, call, r) {
+                crate::auth::audit_denied(app, call, &d, self.peer);
+                return Err(d.to_status());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the caller's scope covers every region in `regions` (no audit: for filtering).
+    pub fn covers<'a>(&self, regions: impl IntoIterator<Item = &'a String>) -> bool {
+        self.principal.as_ref().is_none_or(|p| regions.into_iter().all(|r| p.may_act_on(r)))
+    }
+
+    /// [`Caller::may_act_on`] the regions of run `run_id` (a missing run is the handler's to report).
+    pub fn may_act_on_run(&self, app: &AppRef, call: &str, run_id: &str) -> Result<(), Status> {
+        match app.view.run(run_id) {
+            Some(rec) => self.may_act_on(app, call, &super::runs::plan_regions(&rec.run.plan)),
+            None => Ok(()),
+        }
+    }
 }
 
 fn service_to_pb(s: &command::ServiceState) -> pb::ServiceStatus {
@@ -209,7 +266,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ApplyPlaybookRequest>,
     ) -> Result<Response<pb::ApplyPlaybookReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         let r = req.into_inner();
         let file = if r.file.is_empty() { "playbook".to_string() } else { r.file.clone() };
         super::check_file_size(&file, &r.text)?;
@@ -255,9 +312,11 @@ impl Control for ControlService {
     }
 
     async fn plan_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::PlanReply>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
         let mode = if r.unplanned { crate::run::RunMode::Unplanned } else { crate::run::RunMode::Planned };
+        caller.may_act_on(&self.app, "PlanCutover", &super::runs::playbook_regions(&resolved, mode))?;
         let (blockers, now) = super::runs::preflight(&self.app, &resolved, mode).await;
         let mut plan_text = crate::playbook::plan_text(&resolved);
         plan_text.push_str("\nNow:\n");
@@ -268,7 +327,8 @@ impl Control for ControlService {
     }
 
     async fn start_cutover(&self, req: Request<pb::StartCutoverRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -279,10 +339,12 @@ impl Control for ControlService {
         if !ctx.request_id.is_empty()
             && let Some(run) = self.app.view.runs().into_values().find(|x| x.idempotency_key == ctx.request_id)
         {
+            caller.may_act_on(&self.app, "StartCutover", &super::runs::plan_regions(&run.run.plan))?;
             return Ok(Response::new(super::runs::run_info(&run)));
         }
         let (stored, resolved) = super::runs::resolve(&self.app, &r.playbook, &r.params)?;
         let mode = if r.unplanned { crate::run::RunMode::Unplanned } else { crate::run::RunMode::Planned };
+        caller.may_act_on(&self.app, "StartCutover", &super::runs::playbook_regions(&resolved, mode))?;
         let blockers = super::runs::blockers(&self.app, &resolved, mode).await;
         if !blockers.is_empty() {
             return Err(Status::failed_precondition(format!("cannot start: {}", blockers.join("; "))));
@@ -342,7 +404,8 @@ impl Control for ControlService {
     }
 
     async fn approve_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        Caller::of(&req).may_act_on_run(&self.app, "ApproveRun", &req.get_ref().run_id)?;
         let who = ctx.actor.clone();
         let r = req.into_inner();
         // With a named loss this is consent to an unplanned promotion, not a start approval.
@@ -365,7 +428,8 @@ impl Control for ControlService {
         &self,
         req: Request<pb::OverrideFencingRequest>,
     ) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        Caller::of(&req).may_act_on_run(&self.app, "OverrideFencing", &req.get_ref().run_id)?;
         let who = ctx.actor.clone();
         let r = req.into_inner();
         let op = command::RunOp::OverrideFencing { who, risk: r.risk };
@@ -376,11 +440,16 @@ impl Control for ControlService {
         &self,
         req: Request<pb::AckFailoverRequest>,
     ) -> Result<Response<pb::AckFailoverReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         if r.note.trim().is_empty() {
             return Err(Status::invalid_argument("note: say what was checked before re-arming automatic failover"));
         }
+        // Re-arming acts on every region that serves the service.
+        let serving: Vec<String> =
+            self.app.view.regions().into_iter().filter(|x| x.roles.contains_key(&r.service)).map(|x| x.name).collect();
+        caller.may_act_on(&self.app, "AckFailover", &serving)?;
         let cmd = Command::AckFailover { service: r.service.clone(), note: r.note };
         let resp = super::runs::write(&self.app, ctx, cmd).await?;
         let _ = self
@@ -397,32 +466,39 @@ impl Control for ControlService {
     }
 
     async fn pause_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        Caller::of(&req).may_act_on_run(&self.app, "PauseRun", &req.get_ref().run_id)?;
         let r = req.into_inner();
         let reason = if r.reason.is_empty() { format!("paused by {}", ctx.actor) } else { r.reason };
         Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, command::RunOp::Pause { reason }).await?))
     }
 
     async fn resume_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        Caller::of(&req).may_act_on_run(&self.app, "ResumeRun", &req.get_ref().run_id)?;
         let id = req.into_inner().run_id;
         Ok(Response::new(super::runs::act(&self.app, ctx, &id, command::RunOp::Resume).await?))
     }
 
     async fn abort_run(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        Caller::of(&req).may_act_on_run(&self.app, "AbortRun", &req.get_ref().run_id)?;
         let r = req.into_inner();
         let reason = if r.reason.is_empty() { format!("aborted by {}", ctx.actor) } else { r.reason };
         Ok(Response::new(super::runs::act(&self.app, ctx, &r.run_id, command::RunOp::Abort { reason }).await?))
     }
 
     async fn halt(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::ListRunsReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let reason = if r.reason.is_empty() { format!("halt by {}", ctx.actor) } else { format!("halt: {}", r.reason) };
         let mut out = Vec::new();
         for rec in self.app.view.active_runs() {
-            if matches!(rec.run.state, crate::run::RunState::Running | crate::run::RunState::AwaitingApproval) {
+            // A region-scoped principal halts the runs in its regions only.
+            if matches!(rec.run.state, crate::run::RunState::Running | crate::run::RunState::AwaitingApproval)
+                && caller.covers(&super::runs::plan_regions(&rec.run.plan))
+            {
                 let c = Ctx { actor: ctx.actor.clone(), request_id: String::new() };
                 out.push(
                     super::runs::act(&self.app, c, &rec.run.id, command::RunOp::Pause { reason: reason.clone() })
@@ -434,7 +510,7 @@ impl Control for ControlService {
     }
 
     async fn apply_drill(&self, req: Request<pb::ApplyDrillRequest>) -> Result<Response<pb::ApplyDrillReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         super::drills::apply(&self.app, ctx, req.into_inner()).await.map(Response::new)
     }
 
@@ -443,8 +519,9 @@ impl Control for ControlService {
     }
 
     async fn run_drill(&self, req: Request<pb::RunDrillRequest>) -> Result<Response<pb::DrillRunInfo>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
-        super::drills::run(&self.app, ctx, req.into_inner()).await.map(Response::new)
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        let caller = Caller::of(&req);
+        super::drills::run(&self.app, ctx, &caller, req.into_inner()).await.map(Response::new)
     }
 
     async fn get_drill_run(&self, req: Request<pb::GetDrillRunRequest>) -> Result<Response<pb::DrillRunInfo>, Status> {
@@ -459,7 +536,7 @@ impl Control for ControlService {
     }
 
     async fn halt_drills(&self, req: Request<pb::HaltDrillsRequest>) -> Result<Response<pb::HaltDrillsReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         super::drills::halt(&self.app, ctx, req.into_inner()).await.map(Response::new)
     }
 
@@ -516,6 +593,7 @@ impl Control for ControlService {
 
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         self.read_barrier(req.get_ref().consistency).await?;
+        let me = principal(&req).cloned();
         let m = self.app.metrics();
         let (leader_id, leader_addr) = self.app.leader().unwrap_or((0, String::new()));
         let core = self.app.view.core();
@@ -536,11 +614,15 @@ impl Control for ControlService {
             audit_len: core.audit_len,
             audit_head: core.audit_head,
             services: self.app.view.services().values().map(service_to_pb).collect(),
+            auth_enabled: self.app.auth.enabled(),
+            principal: me.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+            roles: me.as_ref().map(|p| p.roles.iter().map(|r| r.as_str().to_string()).collect()).unwrap_or_default(),
+            principal_regions: me.map(|p| p.regions.into_iter().collect()).unwrap_or_default(),
         }))
     }
 
     async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembershipReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be ≥ 1"));
@@ -555,20 +637,22 @@ impl Control for ControlService {
         &self,
         req: Request<pb::PromoteVoterRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         self.membership(LeaderRequest::Promote { ctx, id: req.get_ref().node_id }).await
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipReply>, Status> {
-        let ctx = context(req.get_ref().ctx.clone(), req.metadata());
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
         self.membership(LeaderRequest::Remove { ctx, id: req.get_ref().node_id }).await
     }
 
     async fn add_region(&self, req: Request<pb::AddRegionRequest>) -> Result<Response<pb::AddRegionReply>, Status> {
-        let md = req.metadata().clone();
+        let ctx = context(&self.app, &req, req.get_ref().ctx.as_ref())?;
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let region = region_from_pb(r.region.ok_or_else(|| Status::invalid_argument("region: missing"))?)?;
-        let resp = self.write(r.ctx, &md, Command::AddRegion { region: region.clone() }).await?;
+        caller.may_act_on(&self.app, "AddRegion", [&region.name])?;
+        let resp = self.write(ctx, Command::AddRegion { region: region.clone() }).await?;
         let stored = match resp.outcome {
             Outcome::Region { region } => region,
             _ => region,

@@ -102,13 +102,22 @@ pub fn list(app: &AppRef) -> pb::ListDrillsReply {
 }
 
 /// Starts a drill now, or shows what it would do.
-pub async fn run(app: &AppRef, ctx: Ctx, r: pb::RunDrillRequest) -> Result<pb::DrillRunInfo, Status> {
+pub async fn run(
+    app: &AppRef,
+    ctx: Ctx,
+    caller: &super::control::Caller,
+    r: pb::RunDrillRequest,
+) -> Result<pb::DrillRunInfo, Status> {
     let stored =
         app.view.drills().remove(&r.name).ok_or_else(|| {
             Status::not_found(format!("no drill {:?}; apply it first (drctl drill apply FILE)", r.name))
         })?;
     let spec = drill::engine::parsed(app, &stored)
         .ok_or_else(|| Status::internal(format!("stored drill {} no longer parses", stored.name)))?;
+    // The blast radius: the target region and every region a fault is injected in.
+    let touched: BTreeSet<String> =
+        std::iter::once(spec.target_region.clone()).chain(spec.faults.iter().map(|f| f.region.clone())).collect();
+    caller.may_act_on(app, "RunDrill", &touched)?;
     if r.dry_run {
         // The preflight reads agent sessions and live lag: only the leader has them.
         if !app.raft.is_leader() {

@@ -64,6 +64,8 @@ where
     let res = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // API tokens, roles and rate limits on `Control`; other services pass untouched.
+        .layer(crate::auth::AuthLayer::new(app.clone()))
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(

@@ -110,6 +110,33 @@ pub fn run_plan(r: &crate::playbook::ResolvedPlaybook, mode: crate::run::RunMode
     }
 }
 
+/// Every region a run plan acts on: step and compensation targets, gates, the failover's source
+/// and target (what a region-scoped principal must cover to start or steer it).
+pub fn plan_regions(plan: &crate::run::RunPlan) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for s in &plan.steps {
+        out.insert(s.act.region.clone());
+        out.extend(s.compensate.as_ref().map(|c| c.region.clone()));
+        out.extend(s.gate_region.clone());
+    }
+    if let Some(f) = &plan.failover {
+        out.insert(f.source.clone());
+        out.insert(f.target.clone());
+    }
+    out.remove("");
+    out
+}
+
+/// [`plan_regions`] of the run a resolved playbook would start, plus its precondition's target.
+pub fn playbook_regions(
+    r: &crate::playbook::ResolvedPlaybook,
+    mode: crate::run::RunMode,
+) -> std::collections::BTreeSet<String> {
+    let mut out = plan_regions(&run_plan(r, mode));
+    out.extend(r.preconditions.target_region.clone());
+    out
+}
+
 /// Finds a stored playbook by name (latest applied) or hash.
 pub fn find_playbook(app: &AppRef, key: &str) -> Result<command::StoredPlaybook, Status> {
     let all = app.view.playbooks();
