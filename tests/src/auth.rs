@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use drcut_coordinator::auth::token_hash;
 use rand::Rng;
 
-/// The principal the harness itself acts as on a cluster with authentication (admin: it adds
-/// regions; reads are open to every role).
+/// The principal the harness itself acts as on a cluster with authentication (admin and
+/// operator: it adds regions, applies playbooks and drills and starts drills;
+/// reads are open to every role).
 pub const HARNESS: &str = "drcut-tests";
 
 /// One principal and its (single) token.

@@ -114,7 +114,7 @@ impl ClusterBuilder {
         let mut extra_yaml = self.extra_yaml.clone();
         let mut token = None;
         if let Some((principals, rate)) = &self.auth {
-            let all = principals.clone().add(crate::auth::HARNESS, &["admin"], &[]);
+            let all = principals.clone().add(crate::auth::HARNESS, &["admin", "operator"], &[]);
             token = Some(all.token(crate::auth::HARNESS).to_string());
             let file = dir.path().join("principals.yaml");
             std::fs::write(&file, all.yaml())?;
@@ -457,7 +457,10 @@ impl Cluster {
     pub async fn drctl_at(&self, ids: &[u64], args: &[&str]) -> Result<ProcessOutput> {
         let mut all: Vec<OsString> = vec!["--endpoint".into(), self.endpoints(ids).into()];
         all.extend(args.iter().map(OsString::from));
-        process::drctl(all).await
+        match &self.token {
+            Some(t) => process::drctl_env(all, &[("DRCUT_TOKEN", t)]).await,
+            None => process::drctl(all).await,
+        }
     }
 
     /// Runs `drctl audit verify` against the cluster and fails unless it reports an intact

@@ -63,8 +63,11 @@ pub struct EnvOptions {
     pub default_health: bool,
     /// Every coordinator serves HTTP (`/metrics` and the console) on `127.0.B.N:9100`.
     pub http: bool,
-    /// Verbatim YAML appended to every coordinator's config (e.g. an `auth:` section).
+    /// Verbatim YAML appended to every coordinator's config.
     pub coordinator_yaml: String,
+    /// Authentication with these principals (plus the harness's admin, whose token the
+    /// environment's own calls carry).
+    pub auth: Option<crate::auth::TestPrincipals>,
 }
 
 impl Env {
@@ -89,6 +92,9 @@ impl Env {
         let mut builder = Cluster::builder(block).nodes(3).extra_yaml(health).extra_yaml(&opt.coordinator_yaml);
         if opt.http {
             builder = builder.with_http();
+        }
+        if let Some(p) = &opt.auth {
+            builder = builder.with_auth(p, None);
         }
         let cluster = builder.start().await?;
         // Check cadence: the tests' 200 ms, or the agent's default (300 ms) for benchmarks.
@@ -383,7 +389,7 @@ spec:
         let mut last = None;
         for id in [1, 2, 3] {
             let Ok(mut c) = self.cluster.client(id) else { continue };
-            match c.list_runs(drcut_proto::v1::ListRunsRequest { active_only: false }).await {
+            match c.list_runs(self.cluster.request(drcut_proto::v1::ListRunsRequest { active_only: false })).await {
                 Ok(r) => return Ok(r.into_inner().runs),
                 Err(e) => last = Some(e),
             }
@@ -543,7 +549,8 @@ pub async fn run_record(
     run: &str,
 ) -> Result<(drcut_proto::v1::RunInfo, serde_json::Value)> {
     let mut c = cluster.client(id)?;
-    let info = c.get_run(drcut_proto::v1::GetRunRequest { run_id: run.to_string() }).await?.into_inner();
+    let info =
+        c.get_run(cluster.request(drcut_proto::v1::GetRunRequest { run_id: run.to_string() })).await?.into_inner();
     let rec = serde_json::from_str(&info.record_json).context("parsing record_json")?;
     Ok((info, rec))
 }
@@ -562,7 +569,10 @@ pub async fn watch_run_until(
 ) -> Result<serde_json::Value> {
     let watch = async {
         let mut c = cluster.client(id)?;
-        let mut stream = c.watch_run(drcut_proto::v1::GetRunRequest { run_id: run.to_string() }).await?.into_inner();
+        let mut stream = c
+            .watch_run(cluster.request(drcut_proto::v1::GetRunRequest { run_id: run.to_string() }))
+            .await?
+            .into_inner();
         let mut last = None;
         while let Some(info) = stream.message().await? {
             let rec: serde_json::Value = serde_json::from_str(&info.record_json).context("parsing record_json")?;

@@ -93,7 +93,7 @@ pub async fn drill_runs(cluster: &Cluster) -> Result<Vec<pb::DrillRunInfo>> {
     let mut last = None;
     for id in cluster.running() {
         let Ok(mut c) = cluster.client(id) else { continue };
-        match c.list_drill_runs(pb::ListDrillRunsRequest::default()).await {
+        match c.list_drill_runs(cluster.request(pb::ListDrillRunsRequest::default())).await {
             Ok(r) => return Ok(r.into_inner().runs),
             Err(e) => last = Some(e),
         }
@@ -106,7 +106,7 @@ pub async fn drill_run(cluster: &Cluster, id: &str) -> Result<(pb::DrillRunInfo,
     let mut last = None;
     for n in cluster.running() {
         let Ok(mut c) = cluster.client(n) else { continue };
-        match c.get_drill_run(pb::GetDrillRunRequest { id: id.to_string() }).await {
+        match c.get_drill_run(cluster.request(pb::GetDrillRunRequest { id: id.to_string() })).await {
             Ok(r) => {
                 let info = r.into_inner();
                 let rec = serde_json::from_str(&info.record_json).context("record_json")?;

@@ -11,7 +11,7 @@ use crate::wait;
 /// The health board as node `id` answers it.
 pub async fn board(cluster: &Cluster, id: u64) -> Result<HealthBoard> {
     let mut c = cluster.client(id)?;
-    Ok(c.get_health(GetHealthRequest {}).await?.into_inner())
+    Ok(c.get_health(cluster.request(GetHealthRequest {})).await?.into_inner())
 }
 
 /// One region of the board.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use drcut_proto::v1::{ListAuditRequest, ReadConsistency};
+use drcut_tests::auth::{TestPrincipal, TestPrincipals};
 use drcut_tests::cluster::http_addr;
 use drcut_tests::cutover::{Env, EnvOptions};
 use drcut_tests::http_server::http_client;
@@ -28,16 +29,19 @@ fn token(name: &str) -> &'static str {
     PEOPLE.iter().find(|p| p.0 == name).map(|p| p.2).expect("a known person")
 }
 
-/// Writes the principals file (token hashes only) and returns the `auth:` section naming it.
-fn auth_yaml(dir: &Path) -> Result<String> {
-    let mut y = String::from("principals:\n");
-    for (name, roles, token) in PEOPLE {
-        let hash = drcut_coordinator::auth::token_hash(token);
-        y.push_str(&format!("  - name: {name}\n    roles: {roles}\n    tokens:\n      - sha256: {hash}\n"));
-    }
-    let file = dir.join("principals.yaml");
-    std::fs::write(&file, y)?;
-    Ok(format!("auth:\n  principals_file: {:?}\n", file.display().to_string()))
+/// The principals with the tokens the browser signs in with (the harness adds its own admin).
+fn people() -> TestPrincipals {
+    let list = PEOPLE
+        .iter()
+        .map(|(name, roles, token)| TestPrincipal {
+            name: name.to_string(),
+            roles: roles.trim_matches(['[', ']']).split(", ").map(str::to_string).collect(),
+            regions: vec![],
+            token: token.to_string(),
+            expires: None,
+        })
+        .collect();
+    TestPrincipals { list }
 }
 
 fn console_url(block: u8, id: u64) -> String {
@@ -120,8 +124,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() -> Result<()> {
-    let auth_dir = tempfile::tempdir()?;
-    let opt = EnvOptions { http: true, coordinator_yaml: auth_yaml(auth_dir.path())?, ..Default::default() };
+    let opt = EnvOptions { http: true, auth: Some(people()), ..Default::default() };
     let mut env = Env::start_with(150, opt).await?;
     env.apply_playbook("wallet-test-cutover", &env.playbook(1, "1s")).await?;
 
@@ -160,7 +163,11 @@ async fn console_in_a_real_browser() -> Result<()> {
     ensure!(run.state == "succeeded" && run.requester == "olga", "{run:?}");
     let mut c = env.cluster.client(leader)?;
     let audit = c
-        .list_audit(ListAuditRequest { from_seq: 1, limit: 0, consistency: ReadConsistency::Local as i32 })
+        .list_audit(env.cluster.request(ListAuditRequest {
+            from_seq: 1,
+            limit: 0,
+            consistency: ReadConsistency::Local as i32,
+        }))
         .await?
         .into_inner()
         .entries;
@@ -188,9 +195,7 @@ async fn console_in_a_real_browser() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_api_refuses_and_degrades() -> Result<()> {
-    let auth_dir = tempfile::tempdir()?;
-    let mut cluster =
-        Cluster::builder(151).nodes(3).with_http().extra_yaml(&auth_yaml(auth_dir.path())?).start().await?;
+    let mut cluster = Cluster::builder(151).nodes(3).with_http().with_auth(&people(), None).start().await?;
     let leader = cluster.wait_leader(&[1, 2, 3]).await?.leader_id;
     let follower = [1, 2, 3].into_iter().find(|&i| i != leader).expect("a follower");
     let base = console_url(151, follower);
@@ -253,7 +258,11 @@ async fn console_api_refuses_and_degrades() -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let audit = c
-            .list_audit(ListAuditRequest { from_seq: 1, limit: 0, consistency: ReadConsistency::Local as i32 })
+            .list_audit(cluster.request(ListAuditRequest {
+                from_seq: 1,
+                limit: 0,
+                consistency: ReadConsistency::Local as i32,
+            }))
             .await?
             .into_inner()
             .entries;
