@@ -7,7 +7,7 @@ use drcut_proto::v1::control_client::ControlClient;
 use drcut_proto::v1::{ClusterStatus, GetStatusRequest};
 use std::future::Future;
 use std::time::Duration;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 /// Connect timeout per endpoint.
@@ -34,12 +34,25 @@ pub struct Client {
     /// Only talk to the first endpoint; never fail over or follow the leader.
     pinned: bool,
     timeout: Duration,
+    /// TLS to the nodes (`drctl --ca`); plain text when `None`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Client {
     /// A client trying `endpoints` in order.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        Client { endpoints, pinned: false, timeout }
+        Client { endpoints, pinned: false, timeout, tls: None }
+    }
+
+    /// Speak TLS to the nodes (verifying them against the CA in `tls`).
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// [`probe_status`] with this client's TLS settings.
+    pub async fn probe_status(&self, addr: &str, timeout: Duration) -> Option<ClusterStatus> {
+        probe_status_via(&Dialer::tcp().with_tls(self.tls.clone()), addr, timeout).await
     }
 
     /// Talk to the first endpoint only (for reads of one node's local state).
@@ -66,8 +79,9 @@ impl Client {
                 continue;
             }
             tried.push(addr.clone());
+            let dialer = Dialer::tcp().with_tls(self.tls.clone());
             let ch = match endpoint(&addr) {
-                Ok(e) => match tokio::time::timeout(CONNECT, e.connect()).await {
+                Ok(_) => match tokio::time::timeout(CONNECT, dialer.connect(&addr)).await {
                     Ok(Ok(ch)) => ch,
                     Ok(Err(e)) => {
                         last = Status::unavailable(format!("{addr}: cannot connect: {e}"));

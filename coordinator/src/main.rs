@@ -35,6 +35,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drcut_coordinator::tls::install_crypto_provider();
     let args = Args::parse();
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,

@@ -199,6 +199,8 @@ pub struct App {
     pub engine: crate::engine::Engine,
     /// Who may call, and what they may do.
     pub auth: crate::auth::Auth,
+    /// Mutual TLS (server side); `None` = plain text, machine links unauthenticated.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Shared handle.
@@ -435,6 +437,8 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let on_files = matches!(hooks.storage, Storage::Files);
+    // Before the data dir is touched: a bad certificate is a config error like any other.
+    let tls = crate::tls::from_config(&cfg)?;
     let (fresh, log, sm) = match &hooks.storage {
         Storage::Files => {
             let fresh = check_data_dir(&cfg)?;
@@ -467,7 +471,11 @@ where
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().map_err(|e| cfg.error("raft", e.to_string()))?);
-    let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), hooks.dialer.clone());
+    let dialer = hooks.dialer.clone().with_tls(tls.as_ref().map(|t| t.client.clone()));
+    let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), dialer);
+    if tls.is_none() {
+        tracing::warn!("no tls section: peers, agents and clients connect in plain text, machine links unauthenticated (sandboxes only)");
+    }
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await
         .map_err(|e| NodeError::Io(format!("raft start: {e}")))?;
@@ -489,6 +497,7 @@ where
         hub: HealthHub::new(Thresholds { down_after: cfg.health.down_after, up_after: cfg.health.up_after }),
         engine: crate::engine::Engine::default(),
         auth,
+        tls: tls.map(|t| t.server),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
