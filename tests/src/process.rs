@@ -46,6 +46,10 @@ where
     cmd.args(args)
         // Tests pass endpoints explicitly; an inherited one would silently redirect drctl.
         .env_remove("DRCUT_ENDPOINT")
+        // Likewise TLS files: a test that wants TLS passes --ca/--cert/--key.
+        .env_remove("DRCUT_CA")
+        .env_remove("DRCUT_CERT")
+        .env_remove("DRCUT_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
