@@ -1256,7 +1256,8 @@ checks:
         std::fs::write(&ca, "no pem here").unwrap();
         let e = err(&format!("{MINIMAL}tls: {{ ca: {}, cert: {} }}\n", ca.display(), ca.display()));
         assert_eq!(e.field, "tls.key");
-        let e = err(&format!("{MINIMAL}tls: {{ ca: {}, cert: {}, key: {} }}\n", ca.display(), ca.display(), ca.display()));
+        let e =
+            err(&format!("{MINIMAL}tls: {{ ca: {}, cert: {}, key: {} }}\n", ca.display(), ca.display(), ca.display()));
         assert_eq!(e.field, "tls.ca");
         assert!(e.message.contains("no CERTIFICATE"), "{e}");
         let plain = MINIMAL.replace("[127.0.0.1:7001]", "[\"http://127.0.0.1:7001\"]");

@@ -79,7 +79,9 @@ pub struct Links {
 fn endpoint(cfg: &AgentConfig, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let host_port = addr.split_once("://").map(|(_, hp)| hp).unwrap_or(addr);
     let ep = match &cfg.tls {
-        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{host_port}"))?.tls_config(tls.clone())?,
+        Some(tls) => {
+            tonic::transport::Endpoint::from_shared(format!("https://{host_port}"))?.tls_config(tls.clone())?
+        }
         None => tonic::transport::Endpoint::from_shared(if addr.contains("://") {
             addr.to_string()
         } else {

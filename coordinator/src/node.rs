@@ -474,7 +474,9 @@ where
     let dialer = hooks.dialer.clone().with_tls(tls.as_ref().map(|t| t.client.clone()));
     let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), dialer);
     if tls.is_none() {
-        tracing::warn!("no tls section: peers, agents and clients connect in plain text, machine links unauthenticated (sandboxes only)");
+        tracing::warn!(
+            "no tls section: peers, agents and clients connect in plain text, machine links unauthenticated (sandboxes only)"
+        );
     }
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await

@@ -875,7 +875,8 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
         st
     };
     let probes =
-        futures::future::join_all(st.members.iter().map(|m| client.probe_status(&m.addr, Duration::from_secs(1)))).await;
+        futures::future::join_all(st.members.iter().map(|m| client.probe_status(&m.addr, Duration::from_secs(1))))
+            .await;
     if cli.json {
         let members: Vec<Value> = st
             .members

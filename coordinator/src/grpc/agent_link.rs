@@ -111,7 +111,13 @@ impl AgentLink for AgentLinkService {
         };
         // With TLS the certificate decides the region, before anything else (even a redirect)
         // is answered: an agent of one region must not speak for another.
-        crate::tls::require_agent(&self.app, certs.as_deref().map(Vec::as_slice), peer, &hello.agent_id, &hello.region)?;
+        crate::tls::require_agent(
+            &self.app,
+            certs.as_deref().map(Vec::as_slice),
+            peer,
+            &hello.agent_id,
+            &hello.region,
+        )?;
         let (tx, rx) = mpsc::channel(16);
         let app = self.app.clone();
         if !app.raft.is_leader() {

@@ -59,6 +59,9 @@ impl Throttle {
 /// Why a handshake failed, and whether that is worth an audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// A fixed label for the cause (the audit throttle counts each cause separately, so a
+    /// plain-text probe does not hide a bad certificate from the same address).
+    pub kind: &'static str,
     /// In words an operator can act on.
     pub reason: String,
     /// Authentication failures and non-TLS clients are audited; a peer that just closed the
@@ -70,25 +73,27 @@ pub struct Failure {
 pub fn classify(e: &std::io::Error) -> Failure {
     use rustls::{CertificateError, Error};
     let tls = e.get_ref().and_then(|i| i.downcast_ref::<Error>());
-    let (reason, audit) = match tls {
+    let (kind, reason, audit) = match tls {
         Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
-            ("client certificate not signed by this cluster's CA".to_string(), true)
+            ("tls:unknown-ca", "client certificate not signed by this cluster's CA".to_string(), true)
         }
-        Some(Error::InvalidCertificate(c)) => (format!("client certificate refused: {c:?}"), true),
+        Some(Error::InvalidCertificate(c)) => ("tls:bad-cert", format!("client certificate refused: {c:?}"), true),
         Some(Error::InvalidMessage(m)) => {
-            (format!("not a TLS client (plain-text gRPC to a TLS-only node?): {m:?}"), true)
+            ("tls:not-tls", format!("not a TLS client (plain-text gRPC to a TLS-only node?): {m:?}"), true)
         }
-        Some(Error::NoCertificatesPresented) => ("no client certificate".to_string(), true),
-        Some(other) => (format!("TLS handshake failed: {other}"), true),
+        Some(Error::NoCertificatesPresented) => ("tls:bad-cert", "no client certificate".to_string(), true),
+        Some(other) => ("tls:other", format!("TLS handshake failed: {other}"), true),
         None => match e.kind() {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe => (format!("peer closed the connection during the handshake: {e}"), false),
-            _ => (format!("TLS handshake failed: {e}"), false),
+            | std::io::ErrorKind::BrokenPipe => {
+                ("tls:closed", format!("peer closed the connection during the handshake: {e}"), false)
+            }
+            _ => ("tls:io", format!("TLS handshake failed: {e}"), false),
         },
     };
-    Failure { reason, audit }
+    Failure { kind, reason, audit }
 }
 
 /// The remote address in a connection's info, when it is a TCP connection.
@@ -101,7 +106,7 @@ fn peer_of<IO: Connected>(io: &IO) -> Option<SocketAddr> {
 /// the peer was not audited in the last [`super::AUDIT_EVERY`].
 fn refused(app: &AppRef, tls: &ServerTls, peer: Option<SocketAddr>, f: Failure) {
     let who = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown peer".into());
-    if f.audit && tls.should_audit(peer, "tls") {
+    if f.audit && tls.should_audit(peer, f.kind) {
         let d = crate::auth::Denial { code: tonic::Code::Unauthenticated, who, message: f.reason };
         crate::auth::audit_denied(app, "tls", &d, peer);
     } else if f.audit {
@@ -147,7 +152,11 @@ where
                     &app,
                     &tls,
                     peer,
-                    Failure { reason: format!("TLS handshake not completed within {HANDSHAKE_TIMEOUT:?}"), audit: false },
+                    Failure {
+                        kind: "tls:timeout",
+                        reason: format!("TLS handshake not completed within {HANDSHAKE_TIMEOUT:?}"),
+                        audit: false,
+                    },
                 ),
             }
         });
@@ -218,7 +227,14 @@ mod tests {
     fn classify_names_the_cause() {
         let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         let f = classify(&io(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)));
-        assert_eq!(f, Failure { reason: "client certificate not signed by this cluster's CA".into(), audit: true });
+        assert_eq!(
+            f,
+            Failure {
+                kind: "tls:unknown-ca",
+                reason: "client certificate not signed by this cluster's CA".into(),
+                audit: true
+            }
+        );
         let f = classify(&io(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)));
         assert!(f.audit && f.reason.starts_with("not a TLS client"), "{f:?}");
         let f = classify(&std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof"));

@@ -150,7 +150,11 @@ impl Material {
         // first handshake, far from the config that caused it.
         m.verify(webpki::KeyUsage::client_auth()).map_err(|e| FileError {
             field: "tls.cert",
-            message: format!("{}: not usable as a client certificate under the CA in {}: {e}", cert.display(), ca.display()),
+            message: format!(
+                "{}: not usable as a client certificate under the CA in {}: {e}",
+                cert.display(),
+                ca.display()
+            ),
         })?;
         Ok(m)
     }
@@ -158,7 +162,8 @@ impl Material {
     /// Checks the chain against the CA for `usage`, now.
     fn verify(&self, usage: webpki::KeyUsage) -> Result<(), String> {
         let roots = self.roots()?;
-        let ee = webpki::EndEntityCert::try_from(&self.chain[0]).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let ee =
+            webpki::EndEntityCert::try_from(&self.chain[0]).map_err(|e| format!("not an X.509 certificate: {e}"))?;
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &roots.roots,
@@ -240,15 +245,12 @@ pub fn from_config(cfg: &Config) -> Result<Option<NodeTls>, ConfigError> {
     };
     let err = |e: FileError| cfg.error(e.field, e.message);
     let m = Material::load(ca, cert, key).map_err(err)?;
-    m.verify(webpki::KeyUsage::server_auth()).map_err(|e| {
-        cfg.error("tls.cert", format!("{}: not usable as a server certificate: {e}", cert.display()))
-    })?;
     if !is_node_cert(&m.chain[0]) {
-        return Err(cfg.error(
-            "tls.cert",
-            format!("{}: a node certificate must carry the DNS name {NODE_NAME}", cert.display()),
-        ));
+        return Err(cfg
+            .error("tls.cert", format!("{}: a node certificate must carry the DNS name {NODE_NAME}", cert.display())));
     }
+    m.verify(webpki::KeyUsage::server_auth())
+        .map_err(|e| cfg.error("tls.cert", format!("{}: not usable as a server certificate: {e}", cert.display())))?;
     let server = Arc::new(ServerTls::new(m.server().map_err(err)?));
     Ok(Some(NodeTls { server, client: m.client() }))
 }
@@ -303,7 +305,10 @@ pub fn require_node<T>(app: &AppRef, call: &str, req: &tonic::Request<T>) -> Res
             call,
             Code::PermissionDenied,
             peer,
-            format!("{call} needs a coordinator node certificate ({NODE_NAME}); this one is for {:?}", dns_names(&c[0])),
+            format!(
+                "{call} needs a coordinator node certificate ({NODE_NAME}); this one is for {:?}",
+                dns_names(&c[0])
+            ),
         )),
         _ => Err(deny(
             app,
