@@ -83,6 +83,7 @@ async fn mtls_cluster_agent_and_refusals() -> Result<()> {
     // Without --ca drctl speaks plain text and is refused.
     let out = drcut_tests::process::drctl(["--endpoint", &cluster.endpoints(&[1]), "--timeout", "3", "status"]).await?;
     ensure!(out.code != Some(0), "plain-text drctl must fail:\n{out}");
+    ensure!(out.stderr.contains("pass --ca"), "drctl should hint at --ca:\n{out}");
 
     tracing::info!("--- an agent with its region's certificate registers and reports");
     let app = TestHttp::start("127.0.145.50:0".parse()?).await?;
@@ -103,7 +104,7 @@ async fn mtls_cluster_agent_and_refusals() -> Result<()> {
     let mallory = TlsFiles { ca: pki.client.ca.clone(), ..mallory };
     let res = async {
         let ch = channel(cluster.addr(1), Some(&mallory), "127.0.145.61").await?;
-        Ok::<_, anyhow::Error>(client::status(&mut drcut_proto::v1::control_client::ControlClient::new(ch)).await?)
+        client::status(&mut drcut_proto::v1::control_client::ControlClient::new(ch)).await
     }
     .await;
     ensure!(res.is_err(), "a rogue-CA client got an answer: {res:?}");
@@ -114,7 +115,7 @@ async fn mtls_cluster_agent_and_refusals() -> Result<()> {
     tracing::info!("--- a plain-text client is refused, and audited");
     let res = async {
         let ch = channel(cluster.addr(2), None, "127.0.145.62").await?;
-        Ok::<_, anyhow::Error>(client::status(&mut drcut_proto::v1::control_client::ControlClient::new(ch)).await?)
+        client::status(&mut drcut_proto::v1::control_client::ControlClient::new(ch)).await
     }
     .await;
     ensure!(res.is_err(), "a plain-text client got an answer: {res:?}");
@@ -129,6 +130,7 @@ async fn mtls_cluster_agent_and_refusals() -> Result<()> {
     ensure!(!b.agents.iter().any(|a| a.agent_id == "agent-liar"), "the liar registered: {:?}", b.agents);
     let us = b.regions.iter().find(|r| r.region == "us-east").context("us-east")?;
     ensure!(us.checks.is_empty(), "us-east got checks from the liar: {:?}", us.checks);
+    liar.wait_log("tls.cert (region \"us-east\"): refused by the coordinator", Duration::from_secs(10)).await?;
     ensure!(liar.exited().is_none(), "a refused agent keeps retrying (slowly)");
     liar.terminate().await?;
 

@@ -318,7 +318,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(code, msg)) => {
+        Err(Fail(code, mut msg)) => {
+            // A TLS-only node drops a plain-text client's connection: an h2 or transport error.
+            if cli.ca.is_none() && (msg.contains("h2 protocol error") || msg.contains("transport error")) {
+                msg.push_str(" (if the node is TLS-only, pass --ca)");
+            }
             if cli.json {
                 println!("{}", json!({"ok": false, "error": msg}));
             }
