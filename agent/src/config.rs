@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub checks: Vec<CheckSpec>,
     /// What GameDay drills may break on this host (see [`crate::faults`]).
     pub faults: FaultsConfig,
+    /// Mutual TLS to the coordinators (the `tls:` section); plain text when `None`.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The `faults:` section: the fault proxies the agent runs and the processes it may kill.
@@ -291,6 +293,17 @@ struct RawConfig {
     checks: Vec<RawCheck>,
     #[serde(default)]
     faults: RawFaults,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+/// `tls: { ca, cert, key }`: PEM files, relative to the config file's directory.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -506,6 +519,18 @@ impl Ctx<'_> {
             let hp = c.strip_prefix("http://").or_else(|| c.strip_prefix("https://")).unwrap_or(c);
             host_port(hp).map_err(|m| self.err(format!("coordinators[{i}]"), m))?;
         }
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                if let Some(i) = raw.coordinators.iter().position(|c| c.starts_with("http://")) {
+                    return Err(self.err(
+                        format!("coordinators[{i}]"),
+                        "http:// with a tls section: write host:port (or https://host:port)",
+                    ));
+                }
+                Some(self.tls(t)?)
+            }
+        };
         let metrics_listen = match &raw.metrics_listen {
             None => None,
             Some(s) => Some(
@@ -539,7 +564,39 @@ impl Ctx<'_> {
             resources,
             checks,
             faults,
+            tls,
         })
+    }
+
+    /// The `tls:` section: the CA to verify coordinators with (they carry the DNS name
+    /// `node.drcut.internal`) and this agent's certificate (`REGION.agent.drcut.internal`).
+    fn tls(&self, t: RawTls) -> Result<tonic::transport::ClientTlsConfig, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let read = |v: Option<PathBuf>, field: &str, what: &str| -> Result<Vec<u8>, ConfigError> {
+            let p = v.ok_or_else(|| self.err(format!("tls.{field}"), format!("missing ({what}, a PEM file)")))?;
+            let full = self.base_dir.join(&p);
+            std::fs::read(&full)
+                .map_err(|e| self.err(format!("tls.{field}"), format!("{}: cannot read: {e}", full.display())))
+        };
+        let ca = read(t.ca, "ca", "the cluster CA's certificate")?;
+        let cert = read(t.cert, "cert", "this agent's certificate")?;
+        let key = read(t.key, "key", "this agent's private key")?;
+        for (field, pem) in [("ca", &ca), ("cert", &cert)] {
+            let n = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(format!("tls.{field}"), format!("bad PEM: {e}")))?
+                .len();
+            if n == 0 {
+                return Err(self.err(format!("tls.{field}"), "no CERTIFICATE block in the file"));
+            }
+        }
+        PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| self.err("tls.key", format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))?;
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+            .domain_name("node.drcut.internal"))
     }
 
     /// The `faults:` section. A proxy listens on loopback only (a sidecar: the application on
@@ -1188,6 +1245,25 @@ checks:
     }
 
     const MINIMAL: &str = "agent_id: a1\nregion: eu-west\ncoordinators: [127.0.0.1:7001]\n";
+
+    #[test]
+    fn tls_section_names_its_field_and_file() {
+        let e = err(&format!("{MINIMAL}tls: {{ ca: /nonexistent/ca.pem, cert: /c.pem }}\n"));
+        assert_eq!(e.field, "tls.ca");
+        assert!(e.message.contains("/nonexistent/ca.pem: cannot read"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "no pem here").unwrap();
+        let e = err(&format!("{MINIMAL}tls: {{ ca: {}, cert: {} }}\n", ca.display(), ca.display()));
+        assert_eq!(e.field, "tls.key");
+        let e =
+            err(&format!("{MINIMAL}tls: {{ ca: {}, cert: {}, key: {} }}\n", ca.display(), ca.display(), ca.display()));
+        assert_eq!(e.field, "tls.ca");
+        assert!(e.message.contains("no CERTIFICATE"), "{e}");
+        let plain = MINIMAL.replace("[127.0.0.1:7001]", "[\"http://127.0.0.1:7001\"]");
+        let e = err(&format!("{plain}tls: {{ ca: /a, cert: /b, key: /c }}\n"));
+        assert_eq!(e.field, "coordinators[0]");
+    }
 
     #[test]
     fn full_example_loads() {

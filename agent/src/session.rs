@@ -74,6 +74,23 @@ pub struct Links {
     pub lease: Arc<Lease>,
 }
 
+/// The endpoint for a coordinator address: TLS with the agent's certificate when configured
+/// (a leader's redirect names a bare `host:port`, dialed the same way).
+fn endpoint(cfg: &AgentConfig, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let host_port = addr.split_once("://").map(|(_, hp)| hp).unwrap_or(addr);
+    let ep = match &cfg.tls {
+        Some(tls) => {
+            tonic::transport::Endpoint::from_shared(format!("https://{host_port}"))?.tls_config(tls.clone())?
+        }
+        None => tonic::transport::Endpoint::from_shared(if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        })?,
+    };
+    Ok(ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).http2_keep_alive_interval(Duration::from_secs(5)))
+}
+
 async fn session(
     cfg: &AgentConfig,
     checks: &[CheckInfo],
@@ -82,12 +99,8 @@ async fn session(
     metrics: &AgentMetrics,
 ) -> End {
     let reports = &mut links.reports;
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let ep = match tonic::transport::Endpoint::from_shared(uri) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5)),
+    let ep = match endpoint(cfg, addr) {
+        Ok(e) => e,
         Err(e) => return End::Refused(format!("{addr}: not a valid address: {e}")),
     };
     let ch = match ep.connect().await {
@@ -100,7 +113,15 @@ async fn session(
     }
     let mut inbound = match AgentLinkClient::new(ch).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ) =>
+        {
             return End::Refused(s.message().to_string());
         }
         Err(s) => return End::Lost(format!("{addr}: {}", s.message()), false),
@@ -178,6 +199,9 @@ async fn session(
 fn refused_field(cfg: &AgentConfig, checks: &[CheckInfo], why: &str) -> String {
     if let Some((i, c)) = checks.iter().enumerate().find(|(_, c)| why.contains(&format!("check {:?}", c.name))) {
         return format!("checks[{i}].target_region: {:?}", c.target_region);
+    }
+    if why.contains("certificate") {
+        return format!("tls.cert (region {:?})", cfg.region);
     }
     if why.contains("region") {
         return format!("region: {:?}", cfg.region);

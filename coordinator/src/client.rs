@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 /// A `Control` client that sends the API token with every call.
@@ -53,22 +53,18 @@ const CONNECT: Duration = Duration::from_millis(800);
 
 /// Asks one node for its status, giving up after `timeout` (None when it does not answer).
 pub async fn probe_status(addr: &str, timeout: Duration) -> Option<ClusterStatus> {
-    probe_status_via(&Dialer::tcp(), addr, timeout).await
+    probe_status_via(&Dialer::tcp(), addr, timeout, &Bearer::default()).await
 }
 
-/// [`probe_status`] through a given dialer.
-pub async fn probe_status_via(dialer: &Dialer, addr: &str, timeout: Duration) -> Option<ClusterStatus> {
+/// [`probe_status`] through a given dialer (TLS or not), sending `bearer` (an API token) if any.
+pub async fn probe_status_via(
+    dialer: &Dialer,
+    addr: &str,
+    timeout: Duration,
+    bearer: &Bearer,
+) -> Option<ClusterStatus> {
     let fut = async {
         let ch = dialer.connect(addr).await.ok()?;
-        ControlClient::new(ch).get_status(GetStatusRequest::default()).await.ok().map(|r| r.into_inner())
-    };
-    tokio::time::timeout(timeout, fut).await.ok().flatten()
-}
-
-/// [`probe_status`] sending an API token.
-pub async fn probe_status_with(addr: &str, timeout: Duration, bearer: &Bearer) -> Option<ClusterStatus> {
-    let fut = async {
-        let ch = Dialer::tcp().connect(addr).await.ok()?;
         ControlClient::with_interceptor(ch, bearer.clone())
             .get_status(GetStatusRequest::default())
             .await
@@ -87,12 +83,14 @@ pub struct Client {
     timeout: Duration,
     /// The API token sent with every call.
     bearer: Bearer,
+    /// TLS to the nodes (`drctl --ca`); plain text when `None`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Client {
     /// A client trying `endpoints` in order.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        Client { endpoints, pinned: false, timeout, bearer: Bearer::default() }
+        Client { endpoints, pinned: false, timeout, bearer: Bearer::default(), tls: None }
     }
 
     /// Sends `bearer` (an API token) with every call.
@@ -104,6 +102,17 @@ impl Client {
     /// The token this client sends.
     pub fn bearer(&self) -> &Bearer {
         &self.bearer
+    }
+
+    /// Speak TLS to the nodes (verifying them against the CA in `tls`).
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// [`probe_status`] with this client's TLS settings and token.
+    pub async fn probe_status(&self, addr: &str, timeout: Duration) -> Option<ClusterStatus> {
+        probe_status_via(&Dialer::tcp().with_tls(self.tls.clone()), addr, timeout, &self.bearer).await
     }
 
     /// Talk to the first endpoint only (for reads of one node's local state).
@@ -130,8 +139,9 @@ impl Client {
                 continue;
             }
             tried.push(addr.clone());
+            let dialer = Dialer::tcp().with_tls(self.tls.clone());
             let ch = match endpoint(&addr) {
-                Ok(e) => match tokio::time::timeout(CONNECT, e.connect()).await {
+                Ok(_) => match tokio::time::timeout(CONNECT, dialer.connect(&addr)).await {
                     Ok(Ok(ch)) => ch,
                     Ok(Err(e)) => {
                         last = Status::unavailable(format!("{addr}: cannot connect: {e}"));

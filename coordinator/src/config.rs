@@ -108,6 +108,29 @@ struct RawConfig {
     health: HealthTuning,
     #[serde(default)]
     auth: Option<AuthConfig>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+/// The `tls:` section as written; every field is required, checked in [`Config::parse`] so the
+/// error names `tls.FIELD`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Mutual TLS for every connection to and from this node (see `crate::tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// PEM file of the cluster's CA: peers, agents and client certificates must chain to it.
+    pub ca: PathBuf,
+    /// PEM file of this node's certificate (DNS name `node.drcut.internal`), leaf first.
+    pub cert: PathBuf,
+    /// PEM file of its private key.
+    pub key: PathBuf,
 }
 
 /// Authentication of API callers.
@@ -168,6 +191,8 @@ pub struct Config {
     pub health: HealthTuning,
     /// API authentication; `None` = open mode (sandboxes and tests).
     pub auth: Option<AuthConfig>,
+    /// Mutual TLS; `None` = plain-text gRPC, machine links unauthenticated (sandboxes only).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -272,6 +297,20 @@ impl Config {
                 return Err(err("auth.rate_limit.burst", "must be ≥ 1".into()));
             }
         }
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                let need = |v: Option<PathBuf>, f: &str, what: &str| {
+                    v.filter(|p| !p.as_os_str().is_empty())
+                        .ok_or_else(|| err(&format!("tls.{f}"), format!("missing ({what}, a PEM file)")))
+                };
+                Some(TlsConfig {
+                    ca: need(t.ca, "ca", "the cluster CA's certificate")?,
+                    cert: need(t.cert, "cert", "this node's certificate")?,
+                    key: need(t.key, "key", "this node's private key")?,
+                })
+            }
+        };
         Ok(Config {
             file: file.to_string(),
             node_id,
@@ -286,6 +325,7 @@ impl Config {
             http_listen,
             health: raw.health,
             auth: raw.auth,
+            tls,
         })
     }
 
@@ -355,6 +395,8 @@ mod tests {
         assert_eq!(field_of(&GOOD.replace("node_id: 1", "node_id: 3")), "initial_members");
         assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat_ms: 900 }}\n")), "raft.election_timeout_min_ms");
         assert_eq!(field_of(&format!("{GOOD}raft: {{ heartbeat: 9 }}\n")), "heartbeat");
+        assert_eq!(field_of(&format!("{GOOD}tls: {{ ca: /a, cert: /b }}\n")), "tls.key");
+        assert_eq!(field_of(&format!("{GOOD}tls: {{ ca: /a, cert: /b, key: /c, pin: 1 }}\n")), "pin");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`state`]: the pure state machine logic (`apply`), with [`audit`] hashing each change.
 //! - [`store`]: redb-backed Raft log and state machine (durability, snapshots).
 //! - [`network`]: the Raft transport to peers (tonic, one cached channel per peer).
+//! - [`tls`]: mutual TLS under the cluster's CA; identities (node, region agent) in
+//!   certificates, the audited TLS accept loop.
 //! - [`node`]: wires Raft, stores and services together; bootstrap and shutdown.
 //! - [`health`]: the pure health model (hysteresis, vantage quorum); [`hub`] runs it on the
 //!   leader, fed by agent sessions.
@@ -39,4 +41,5 @@ pub mod rt;
 pub mod run;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;

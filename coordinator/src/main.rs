@@ -40,6 +40,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drcut_coordinator::tls::install_crypto_provider();
     let args = Args::parse();
     if let Some(addr) = args.probe {
         return match drcut_coordinator::http::probe(addr).await {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
 /// Snapshot chunk size: far below gRPC's 4 MiB default message limit.
 const SNAPSHOT_CHUNK: usize = 512 * 1024;
@@ -48,10 +48,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
 pub type DialFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Conn>>> + Send>>;
 
 /// How a node opens connections to `host:port`: TCP (the default), or a function the embedder
-/// supplies (the deterministic simulation dials through its simulated network).
+/// supplies (the deterministic simulation dials through its simulated network); over TLS when
+/// the node has a `tls:` section.
 #[derive(Clone, Default)]
 pub struct Dialer {
     custom: Option<Arc<dyn Fn(String) -> DialFuture + Send + Sync>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Dialer {
@@ -62,12 +64,29 @@ impl Dialer {
 
     /// Dials with `f` (given `host:port`).
     pub fn custom(f: impl Fn(String) -> DialFuture + Send + Sync + 'static) -> Self {
-        Dialer { custom: Some(Arc::new(f)) }
+        Dialer { custom: Some(Arc::new(f)), tls: None }
+    }
+
+    /// The same dialer speaking TLS with `tls` (when given): `https://`, the server verified as
+    /// a node of the cluster's CA, this holder's certificate presented.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+        match &self.tls {
+            None => endpoint(addr),
+            Some(tls) => {
+                let host_port = addr.split_once("://").map(|(_, hp)| hp).unwrap_or(addr);
+                endpoint(&format!("https://{host_port}"))?.tls_config(tls.clone())
+            }
+        }
     }
 
     /// A channel to `addr` that connects on first use.
     pub fn lazy(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let ep = endpoint(addr)?;
+        let ep = self.endpoint(addr)?;
         Ok(match &self.custom {
             Some(f) => ep.connect_with_connector_lazy(DialService(f.clone())),
             None => ep.connect_lazy(),
@@ -76,7 +95,7 @@ impl Dialer {
 
     /// A channel to `addr`, connected now.
     pub async fn connect(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let ep = endpoint(addr)?;
+        let ep = self.endpoint(addr)?;
         match &self.custom {
             Some(f) => ep.connect_with_connector(DialService(f.clone())).await,
             None => ep.connect().await,

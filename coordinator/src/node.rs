@@ -202,6 +202,8 @@ pub struct App {
     /// Leader changes this node has seen since it started (a metric: flapping leadership is an
     /// incident of its own).
     pub leader_changes: std::sync::atomic::AtomicU64,
+    /// Mutual TLS (server side); `None` = plain text, machine links unauthenticated.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Shared handle.
@@ -438,6 +440,8 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let on_files = matches!(hooks.storage, Storage::Files);
+    // Before the data dir is touched: a bad certificate is a config error like any other.
+    let tls = crate::tls::from_config(&cfg)?;
     let (fresh, log, sm) = match &hooks.storage {
         Storage::Files => {
             let fresh = check_data_dir(&cfg)?;
@@ -470,7 +474,13 @@ where
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().map_err(|e| cfg.error("raft", e.to_string()))?);
-    let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), hooks.dialer.clone());
+    let dialer = hooks.dialer.clone().with_tls(tls.as_ref().map(|t| t.client.clone()));
+    let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), dialer);
+    if tls.is_none() {
+        tracing::warn!(
+            "no tls section: peers, agents and clients connect in plain text, machine links unauthenticated (sandboxes only)"
+        );
+    }
     let raft = Raft::new(cfg.node_id, rc, Network::new(pool.clone()), log, sm.clone())
         .await
         .map_err(|e| NodeError::Io(format!("raft start: {e}")))?;
@@ -492,6 +502,7 @@ where
         engine: crate::engine::Engine::default(),
         auth,
         leader_changes: Default::default(),
+        tls: tls.map(|t| t.server),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -558,13 +569,33 @@ fn should_bootstrap(cfg: &Config) -> bool {
     cfg.initial_members.iter().map(|m| m.id).min() == Some(cfg.node_id)
 }
 
+/// A peer's own Raft state, as `RaftTransport.PeerState` answers it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PeerState {
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows (0 = none).
+    pub leader_id: u64,
+}
+
+/// Asks a peer for its Raft state over the node-to-node transport (a node certificate under
+/// TLS; never an API token, so it works with authentication on). None when it does not answer.
+async fn peer_state(app: &App, addr: &str, timeout: Duration) -> Option<PeerState> {
+    let fut = async {
+        let ch = app.pool.dialer().connect(addr).await.ok()?;
+        let reply = RaftTransportClient::new(ch).peer_state(RaftMessage { payload: vec![] }).await.ok()?;
+        serde_json::from_slice(&reply.into_inner().payload).ok()
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
 /// Initialises the cluster from the bootstrap set, exactly once: skipped when any other member
 /// answers that it already belongs to an initialised cluster (this node's data was lost and it
 /// must rejoin instead, or two bootstrap runs would create two clusters).
 async fn bootstrap(app: &App, cfg: &Config) {
     for m in cfg.initial_members.iter().filter(|m| m.id != cfg.node_id) {
         let addr = app.pool.dial_addr(m.id, &m.addr);
-        if let Some(st) = crate::client::probe_status_via(app.pool.dialer(), &addr, Duration::from_millis(700)).await
+        if let Some(st) = peer_state(app, &addr, Duration::from_millis(700)).await
             && (st.term > 0 || st.leader_id != 0)
         {
             tracing::warn!(peer = m.id, "peer already belongs to an initialised cluster; not bootstrapping");

@@ -30,6 +30,19 @@ pub fn connect(addr: SocketAddr) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel))
 }
 
+/// [`connect`] over TLS with `tls` (CA, and the client certificate if it has one).
+pub fn connect_tls(addr: SocketAddr, tls: tonic::transport::ClientTlsConfig) -> Result<ControlClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .context("endpoint")?
+        .tls_config(tls)
+        .context("tls config")?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy();
+    Ok(ControlClient::new(channel))
+}
+
 /// A write context with a request id no other write in this process uses.
 pub fn write_ctx() -> WriteContext {
     static NEXT: AtomicU64 = AtomicU64::new(1);

@@ -21,6 +21,7 @@ use crate::config::{NodeConfig, RaftOptions};
 use crate::node::Node;
 use crate::process::{self, ProcessOutput};
 use crate::proxy::FaultProxy;
+use crate::tls::{TestCa, TlsFiles};
 use crate::wait;
 
 /// Every node's gRPC port; nodes differ by IP, so the port can be fixed and readable.
@@ -58,6 +59,7 @@ pub struct ClusterBuilder {
     extra_yaml: String,
     http: bool,
     auth: Option<(TestPrincipals, Option<(u32, u32)>)>,
+    tls: bool,
 }
 
 impl ClusterBuilder {
@@ -72,6 +74,13 @@ impl ClusterBuilder {
     /// Appends verbatim YAML to every node's config (e.g. a `health:` section).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra_yaml.push_str(yaml);
+        self
+    }
+
+    /// mTLS everywhere: a fresh test CA ([`Cluster::pki`]), a node certificate per node, and
+    /// the harness's clients (gRPC and drctl) presenting a client certificate.
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -138,6 +147,14 @@ impl ClusterBuilder {
             }
         }
 
+        let pki = match self.tls {
+            false => None,
+            true => {
+                let ca = TestCa::new(&format!("test-b{}", self.block))?;
+                let client = ca.write(&dir.path().join("tls"), "harness", &ca.client("drcut-tests")?)?;
+                Some(ClusterPki { ca, client })
+            }
+        };
         let mut nodes = BTreeMap::new();
         for &id in &ids {
             let addr = node_addr(self.block, id);
@@ -150,6 +167,10 @@ impl ClusterBuilder {
             cfg.extra_yaml = extra_yaml.clone();
             if self.http {
                 cfg.http_listen = Some(http_addr(self.block, id));
+            }
+            if let Some(p) = &pki {
+                let cert = p.ca.node(id, addr.ip())?;
+                cfg.tls = Some(p.ca.write(&dir.path().join("tls"), &format!("node-{id}"), &cert)?);
             }
             cfg.peer_dial_overrides = proxies
                 .iter()
@@ -168,6 +189,7 @@ impl ClusterBuilder {
             clients: Mutex::new(HashMap::new()),
             finished: false,
             token,
+            pki,
         })
     }
 
@@ -184,6 +206,15 @@ impl ClusterBuilder {
     }
 }
 
+/// The test CA of a cluster built [`ClusterBuilder::with_tls`], and the harness's own client
+/// certificate.
+pub struct ClusterPki {
+    /// Signs every certificate of the cluster.
+    pub ca: TestCa,
+    /// What the harness's clients present.
+    pub client: TlsFiles,
+}
+
 /// Running coordinator nodes of one test. Dropping it kills every node; when the test failed
 /// (or never called [`Cluster::finish`]) it prints each node's log tail first.
 pub struct Cluster {
@@ -195,6 +226,7 @@ pub struct Cluster {
     finished: bool,
     /// The harness principal's API token on a cluster with authentication.
     token: Option<String>,
+    pki: Option<ClusterPki>,
     /// Last, so it is deleted after the nodes are gone.
     dir: Option<tempfile::TempDir>,
 }
@@ -214,7 +246,13 @@ impl Cluster {
             extra_yaml: String::new(),
             http: false,
             auth: None,
+            tls: false,
         }
+    }
+
+    /// The test CA and the harness's client certificate, when built with TLS.
+    pub fn pki(&self) -> Option<&ClusterPki> {
+        self.pki.as_ref()
     }
 
     /// The temp dir holding configs, data dirs and logs.
@@ -326,7 +364,10 @@ impl Cluster {
         if let Some(c) = clients.get(&id) {
             return Ok(c.clone());
         }
-        let c = client::connect(self.addr(id))?;
+        let c = match &self.pki {
+            Some(p) => client::connect_tls(self.addr(id), p.client.client_config()?)?,
+            None => client::connect(self.addr(id))?,
+        };
         clients.insert(id, c.clone());
         Ok(c)
     }
@@ -456,6 +497,9 @@ impl Cluster {
     /// Runs `drctl --endpoint <nodes ids> ARGS`.
     pub async fn drctl_at(&self, ids: &[u64], args: &[&str]) -> Result<ProcessOutput> {
         let mut all: Vec<OsString> = vec!["--endpoint".into(), self.endpoints(ids).into()];
+        if let Some(p) = &self.pki {
+            all.extend(p.client.drctl_args().into_iter().map(OsString::from));
+        }
         all.extend(args.iter().map(OsString::from));
         match &self.token {
             Some(t) => process::drctl_env(all, &[("DRCUT_TOKEN", t)]).await,

@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Verbatim YAML appended at the end (e.g. a `health:` section).
     pub extra_yaml: String,
+    /// `tls:` section (mTLS); omitted when `None`.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl NodeConfig {
@@ -79,6 +81,7 @@ impl NodeConfig {
             log_format: "text".to_string(),
             http_listen: None,
             extra_yaml: String::new(),
+            tls: None,
         }
     }
 
@@ -126,6 +129,9 @@ impl NodeConfig {
         writeln!(y, "log_format: {}", self.log_format).unwrap();
         if let Some(h) = self.http_listen {
             writeln!(y, "http_listen: \"{h}\"").unwrap();
+        }
+        if let Some(t) = &self.tls {
+            y.push_str(&t.yaml());
         }
         y.push_str(&self.extra_yaml);
         y

@@ -13,6 +13,7 @@
 //! - [`cluster`]: [`Cluster`], the nodes of one test with their proxies and a temp dir.
 //! - [`client`]: gRPC `Control` clients and write helpers.
 //! - [`wait`]: polling with a deadline, so tests wait for outcomes instead of sleeping.
+//! - [`tls`]: a throwaway CA and node, agent and client certificates for mTLS tests.
 //! - [`process`]: run a binary to completion (`drctl`, a coordinator expected to refuse its
 //!   config) and capture its output.
 //!
@@ -57,6 +58,7 @@ pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod steps;
+pub mod tls;
 pub mod wait;
 
 pub use agent::AgentProc;

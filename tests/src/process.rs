@@ -58,6 +58,10 @@ where
         .env_remove("DRCUT_TOKEN")
         .env_remove("DRCUT_TOKEN_FILE")
         .envs(env.iter().copied())
+        // Likewise TLS files: a test that wants TLS passes --ca/--cert/--key.
+        .env_remove("DRCUT_CA")
+        .env_remove("DRCUT_CERT")
+        .env_remove("DRCUT_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

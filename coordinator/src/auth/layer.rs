@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The path prefix of the client API.
 const CONTROL: &str = "/drcut.v1.Control/";
@@ -104,7 +104,10 @@ where
         let Some(method) = control_method(req.uri().path()).map(str::to_string) else {
             return Box::pin(inner.call(req));
         };
-        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr());
+        // Plain TCP or TLS: the connect info tonic stores differs.
+        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).or_else(|| {
+            req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr())
+        });
         match check(&self.app, &method, req.headers(), peer) {
             Ok(p) => {
                 req.extensions_mut().insert(p);

@@ -48,7 +48,7 @@ pub fn required_role(call: &str) -> Option<Role> {
         "ApproveRun" | "OverrideFencing" => Approver,
         "AddLearner" | "PromoteVoter" | "RemoveNode" | "AddRegion" | "ApplyPlaybook" | "ApplyDrill" => Admin,
         "Session" => Agent,
-        "AppendEntries" | "Vote" | "InstallSnapshot" | "Forward" => Node,
+        "AppendEntries" | "Vote" | "InstallSnapshot" | "Forward" | "PeerState" => Node,
         _ => return None,
     })
 }

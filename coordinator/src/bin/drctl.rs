@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use drcut_coordinator::audit::{AuditEntry, ChainVerifier};
-use drcut_coordinator::client::{Bearer, Client, probe_status_with};
+use drcut_coordinator::client::{Bearer, Client};
 use drcut_proto::v1 as pb;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -41,6 +41,15 @@ struct Cli {
     /// Per-call timeout in seconds.
     #[arg(long, default_value_t = 15, global = true)]
     timeout: u64,
+    /// The cluster CA (PEM): speak TLS and verify the nodes against it.
+    #[arg(long, env = "DRCUT_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to the nodes; needs --ca and --key.
+    #[arg(long, env = "DRCUT_CERT", global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "DRCUT_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -318,10 +327,15 @@ impl From<tonic::Status> for Fail {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    drcut_coordinator::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(code, msg)) => {
+        Err(Fail(code, mut msg)) => {
+            // A TLS-only node drops a plain-text client's connection: an h2 or transport error.
+            if cli.ca.is_none() && (msg.contains("h2 protocol error") || msg.contains("transport error")) {
+                msg.push_str(" (if the node is TLS-only, pass --ca)");
+            }
             if cli.json {
                 println!("{}", json!({"ok": false, "error": msg}));
             }
@@ -369,7 +383,14 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
     }
     let tok = token::resolve(cli.token.as_deref(), cli.token_file.as_ref())?;
     let bearer = Bearer::new(tok.as_deref()).map_err(|e| Fail(2, e))?;
-    let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout)).with_bearer(bearer);
+    let tls = match (&cli.ca, &cli.cert, &cli.key) {
+        (None, None, None) => None,
+        (None, _, _) => return Err(Fail(2, "--cert/--key need --ca (the cluster CA) too".into())),
+        (Some(ca), cert, key) => Some(
+            drcut_coordinator::tls::client_config(ca, cert.as_deref().zip(key.as_deref())).map_err(|m| Fail(2, m))?,
+        ),
+    };
+    let client = Client::new(cli.endpoint.clone(), Duration::from_secs(cli.timeout)).with_bearer(bearer).with_tls(tls);
     match &cli.cmd {
         Cmd::Token(_) => unreachable!("handled above"),
         Cmd::Status { linearizable } => status(cli, &client, *linearizable).await,
@@ -872,14 +893,13 @@ async fn status(cli: &Cli, client: &Client, linearizable: bool) -> Result<(), Fa
     let st = client.call(|mut c| async move { c.get_status(pb::GetStatusRequest { consistency }).await }).await?;
     // Replication progress is only known to the leader; ask it when we reached a follower.
     let st = if st.state != "Leader" && !st.leader_addr.is_empty() {
-        probe_status_with(&st.leader_addr, Duration::from_secs(2), client.bearer()).await.unwrap_or(st)
+        client.probe_status(&st.leader_addr, Duration::from_secs(2)).await.unwrap_or(st)
     } else {
         st
     };
-    let probes = futures::future::join_all(
-        st.members.iter().map(|m| probe_status_with(&m.addr, Duration::from_secs(1), client.bearer())),
-    )
-    .await;
+    let probes =
+        futures::future::join_all(st.members.iter().map(|m| client.probe_status(&m.addr, Duration::from_secs(1))))
+            .await;
     if cli.json {
         let members: Vec<Value> = st
             .members

@@ -103,11 +103,21 @@ impl AgentLink for AgentLinkService {
     type SessionStream = Out;
 
     async fn session(&self, req: TRequest<Streaming<AgentMessage>>) -> Result<Response<Out>, Status> {
+        let (peer, certs) = (req.remote_addr(), req.peer_certs());
         let mut inbound = req.into_inner();
         let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("session closed before hello"))??;
         let Some(AgentBody::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument("the first message of a session must be hello"));
         };
+        // With TLS the certificate decides the region, before anything else (even a redirect)
+        // is answered: an agent of one region must not speak for another.
+        crate::tls::require_agent(
+            &self.app,
+            certs.as_deref().map(Vec::as_slice),
+            peer,
+            &hello.agent_id,
+            &hello.region,
+        )?;
         let (tx, rx) = mpsc::channel(16);
         let app = self.app.clone();
         if !app.raft.is_leader() {

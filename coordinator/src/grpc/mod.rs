@@ -52,6 +52,7 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let app_tls = app.tls.clone().map(|t| (app.clone(), t));
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<control::ControlService>>().await;
     health.set_serving::<AgentLinkServer<agent_link::AgentLinkService>>().await;
@@ -61,7 +62,7 @@ where
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor sets are valid");
-    let res = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         // API tokens, roles and rate limits on `Control`; other services pass untouched.
@@ -78,9 +79,16 @@ where
             RaftTransportServer::new(raft_transport::RaftService::new(app))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        );
+    // With TLS the node runs the handshakes itself (crate::tls::accept), so refused ones are
+    // logged and audited; tonic then sees finished TLS streams (and their client certificates).
+    let res = match app_tls {
+        Some((app, tls)) => {
+            let incoming = crate::tls::accept::TlsIncoming::new(app, tls, incoming);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => router.serve_with_incoming_shutdown(incoming, shutdown).await,
+    };
     if let Err(e) = res {
         tracing::error!("gRPC server stopped: {e}");
     }

@@ -1,4 +1,5 @@
-//! Server side of the Raft transport: decodes openraft messages and hands them to Raft.
+//! Server side of the Raft transport: decodes openraft messages and hands them to Raft. With
+//! TLS, only holders of a node certificate may call it (`crate::tls::require_node`).
 
 use crate::network::{SnapshotHeader, VoteEnvelope};
 use crate::node::{AppRef, LeaderReply, LeaderRequest, WireError};
@@ -33,18 +34,21 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::tls::require_node(&self.app, "RaftTransport.AppendEntries", &req)?;
         let rpc = decode(req.get_ref())?;
         let resp = self.app.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
         encode(&resp)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::tls::require_node(&self.app, "RaftTransport.Vote", &req)?;
         let env: VoteEnvelope = decode(req.get_ref())?;
         let resp = if env.pre_vote { self.app.raft.pre_vote(env.req).await } else { self.app.raft.vote(env.req).await };
         encode(&resp.map_err(|e| Status::internal(e.to_string()))?)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        crate::tls::require_node(&self.app, "RaftTransport.InstallSnapshot", &req)?;
         let mut stream = req.into_inner();
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
@@ -65,8 +69,15 @@ impl RaftTransport for RaftService {
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::tls::require_node(&self.app, "RaftTransport.Forward", &req)?;
         let lr: LeaderRequest = decode(req.get_ref())?;
         let res: Result<LeaderReply, WireError> = self.app.leader_call(lr, true).await.map_err(WireError::from);
         encode(&res)
+    }
+
+    async fn peer_state(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::tls::require_node(&self.app, "RaftTransport.PeerState", &req)?;
+        let m = self.app.metrics();
+        encode(&crate::node::PeerState { term: m.current_term, leader_id: m.current_leader.unwrap_or(0) })
     }
 }

@@ -89,6 +89,7 @@ fn config(id: u64) -> Config {
         http_listen: None,
         health: HealthTuning::default(),
         auth: None,
+        tls: None,
     }
 }
 
