@@ -165,6 +165,8 @@ fn configs_in_the_manifests_are_accepted_by_drcut() -> Result<()> {
         std::env::set_var("WALLET_DB_DSN", "host=127.0.0.1 user=drcut dbname=wallet");
         std::env::set_var("PDNS_API_KEY", "k");
     }
+    let ca = drcut_tests::tls::TestCa::new("deploy")?;
+    let tmp = tempfile::tempdir()?;
     let mut coordinators = 0;
     let mut agents = 0;
     for (file, d) in documents()? {
@@ -179,7 +181,19 @@ fn configs_in_the_manifests_are_accepted_by_drcut() -> Result<()> {
                 drcut_coordinator::config::Config::parse(&at, text).map_err(|e| anyhow::anyhow!("{e}"))?;
                 coordinators += 1;
             } else if text.contains("agent_id:") {
-                drcut_agent::config::parse(&at, text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                // The agent reads its certificate while loading its config: give it real ones,
+                // issued for the region the manifest names, where the Secret would be mounted.
+                let region = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("region: "))
+                    .with_context(|| format!("{at}: no region"))?
+                    .trim();
+                let files = ca.write(tmp.path(), &format!("agent-{region}"), &ca.agent(region)?)?;
+                let text = text
+                    .replace("/etc/drcut/tls/ca.pem", &files.ca.display().to_string())
+                    .replace("/etc/drcut/tls/tls.crt", &files.cert.display().to_string())
+                    .replace("/etc/drcut/tls/tls.key", &files.key.display().to_string());
+                drcut_agent::config::parse(&at, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
                 agents += 1;
             } else {
                 bail!("{at}: neither a coordinator nor an agent config");
