@@ -60,9 +60,16 @@ pub struct ClusterBuilder {
     http: bool,
     auth: Option<(TestPrincipals, Option<(u32, u32)>)>,
     tls: bool,
+    json_logs: bool,
 }
 
 impl ClusterBuilder {
+    /// Nodes log one JSON object per line (`log_format: json`).
+    pub fn json_logs(mut self) -> Self {
+        self.json_logs = true;
+        self
+    }
+
     /// Turns on authentication: every node gets a principals file with `principals` plus the
     /// harness's own admin principal ([`crate::auth::HARNESS`]), and `rate_limit` as
     /// (per_second, burst) when given. The harness's calls then carry its token.
@@ -165,6 +172,9 @@ impl ClusterBuilder {
             }
             cfg.raft = self.raft.clone();
             cfg.extra_yaml = extra_yaml.clone();
+            if self.json_logs {
+                cfg.log_format = "json".into();
+            }
             if self.http {
                 cfg.http_listen = Some(http_addr(self.block, id));
             }
@@ -247,6 +257,7 @@ impl Cluster {
             http: false,
             auth: None,
             tls: false,
+            json_logs: false,
         }
     }
 

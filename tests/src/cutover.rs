@@ -68,6 +68,8 @@ pub struct EnvOptions {
     /// Authentication with these principals (plus the harness's admin, whose token the
     /// environment's own calls carry).
     pub auth: Option<crate::auth::TestPrincipals>,
+    /// Coordinators log JSON lines.
+    pub json_logs: bool,
 }
 
 impl Env {
@@ -95,6 +97,9 @@ impl Env {
         }
         if let Some(p) = &opt.auth {
             builder = builder.with_auth(p, None);
+        }
+        if opt.json_logs {
+            builder = builder.json_logs();
         }
         let cluster = builder.start().await?;
         // Check cadence: the tests' 200 ms, or the agent's default (300 ms) for benchmarks.

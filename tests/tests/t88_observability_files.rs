@@ -91,7 +91,14 @@ async fn alert_rules_and_dashboard_name_only_exported_metrics() -> Result<()> {
 
     // Readiness (Kubernetes) and the image's health check probe.
     let http_addr = drcut_tests::cluster::http_addr(88, 1);
-    let ready = http.get(format!("http://{http_addr}/readyz")).send().await?;
+    let mut ready = http.get(format!("http://{http_addr}/readyz")).send().await?;
+    for _ in 0..50 {
+        if ready.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = http.get(format!("http://{http_addr}/readyz")).send().await?;
+    }
     ensure!(ready.status() == 200, "/readyz on a node with a leader: {}", ready.status());
     let probe = |addr: String| {
         std::process::Command::new(drcut_tests::bins::bin_path("drcut-coordinator").unwrap())
