@@ -396,6 +396,22 @@ impl Cluster {
         }
     }
 
+    /// The whole audit chain as node `id` has applied it (local read, with the harness's token).
+    pub async fn audit(&self, id: u64) -> Result<Vec<drcut_proto::v1::AuditEntry>> {
+        let req = self.request(drcut_proto::v1::ListAuditRequest {
+            from_seq: 1,
+            limit: 0,
+            consistency: ReadConsistency::Local as i32,
+        });
+        Ok(self
+            .client(id)?
+            .list_audit(req)
+            .await
+            .with_context(|| format!("ListAudit on node {id}"))?
+            .into_inner()
+            .entries)
+    }
+
     /// Node `id`'s own view of the cluster (local read).
     pub async fn status(&self, id: u64) -> Result<ClusterStatus> {
         let req = self.request(GetStatusRequest { consistency: ReadConsistency::Local as i32 });

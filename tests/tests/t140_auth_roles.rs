@@ -91,8 +91,7 @@ async fn call(ch: &Channel, method: &str, streaming: bool, token: Option<&str>) 
 }
 
 async fn audit(c: &Cluster) -> Result<Vec<pb::AuditEntry>> {
-    let req = c.request(pb::ListAuditRequest { from_seq: 1, limit: 1000, consistency: 0 });
-    Ok(c.client(1)?.list_audit(req).await?.into_inner().entries)
+    c.audit(1).await
 }
 
 /// Waits until the audit chain holds an `action` entry by `actor` whose details contain `text`.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use drcut_proto::v1::{ListAuditRequest, ReadConsistency};
+
 use drcut_tests::auth::{TestPrincipal, TestPrincipals};
 use drcut_tests::cluster::http_addr;
 use drcut_tests::cutover::{Env, EnvOptions};
@@ -161,16 +161,7 @@ async fn console_in_a_real_browser() -> Result<()> {
     tracing::info!("--- the audit chain: started by olga, approved by arne");
     let run = env.run(&run_id).await?;
     ensure!(run.state == "succeeded" && run.requester == "olga", "{run:?}");
-    let mut c = env.cluster.client(leader)?;
-    let audit = c
-        .list_audit(env.cluster.request(ListAuditRequest {
-            from_seq: 1,
-            limit: 0,
-            consistency: ReadConsistency::Local as i32,
-        }))
-        .await?
-        .into_inner()
-        .entries;
+    let audit = env.cluster.audit(leader).await?;
     let for_run = |action: &str| -> Vec<String> {
         audit
             .iter()
@@ -254,18 +245,9 @@ async fn console_api_refuses_and_degrades() -> Result<()> {
     ensure!(st["cluster"]["leader"]["id"] == leader, "{st}");
 
     tracing::info!("--- refusals are in the audit chain");
-    let mut c = cluster.client(leader)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let audit = c
-            .list_audit(cluster.request(ListAuditRequest {
-                from_seq: 1,
-                limit: 0,
-                consistency: ReadConsistency::Local as i32,
-            }))
-            .await?
-            .into_inner()
-            .entries;
+        let audit = cluster.audit(leader).await?;
         // Each refusal is audited in the background, so they commit in any order.
         let denied: Vec<(String, String)> = audit
             .iter()
