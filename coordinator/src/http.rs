@@ -16,18 +16,54 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 
-/// Serves HTTP on `listener` until the process ends.
-pub async fn serve(app: AppRef, listener: TcpListener) {
+/// Serves HTTP on `listener` until the process ends; HTTPS when the node has a `tls:` section
+/// (`tls`), so API tokens typed into the console never cross the network in clear.
+pub async fn serve(app: AppRef, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     let router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(crate::console::router())
         .with_state(app);
+    if let Some(acceptor) = tls {
+        return serve_tls(router, listener, acceptor).await;
+    }
     // The console records the peer address of refused calls.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, service).await {
         tracing::error!("http server stopped: {e}");
+    }
+}
+
+/// HTTPS: each connection's handshake in its own task (a stalled client never blocks the
+/// accept loop), then HTTP/1.1 with the peer address where the console's `ConnectInfo` finds it.
+async fn serve_tls(router: axum::Router, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("http accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%peer, "https handshake refused: {e}"),
+                Err(_) => return tracing::debug!(%peer, "https handshake timed out"),
+            };
+            let svc = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "https connection: {e}");
+            }
+        });
     }
 }
 
@@ -59,7 +95,9 @@ fn readiness(leader: Option<u64>, applied: u64, committed: u64) -> Result<(), St
     Ok(())
 }
 
-/// Asks a node's HTTP listener for `/healthz` (the container health check).
+/// Asks a node's HTTP listener for `/healthz` (the container health check). A listener that
+/// speaks HTTPS (a node with `tls:`) refuses the plain request: it is up and accepting, which is
+/// all a liveness check asks, so that counts as alive too.
 pub async fn probe(addr: std::net::SocketAddr) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
@@ -71,7 +109,11 @@ pub async fn probe(addr: std::net::SocketAddr) -> Result<(), String> {
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         let head = String::from_utf8_lossy(&buf);
         let status = head.lines().next().unwrap_or("").to_string();
-        if status.split_whitespace().nth(1) == Some("200") { Ok(()) } else { Err(format!("answered {status:?}")) }
+        if !status.starts_with("HTTP/") || status.split_whitespace().nth(1) == Some("200") {
+            Ok(())
+        } else {
+            Err(format!("answered {status:?}"))
+        }
     };
     tokio::time::timeout(std::time::Duration::from_secs(3), attempt)
         .await

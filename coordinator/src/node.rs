@@ -502,7 +502,7 @@ where
         engine: crate::engine::Engine::default(),
         auth,
         leader_changes: Default::default(),
-        tls: tls.map(|t| t.server),
+        tls: tls.as_ref().map(|t| t.server.clone()),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -521,7 +521,7 @@ where
     if let Some(addr) = cfg.http_listen {
         let l =
             TcpListener::bind(addr).await.map_err(|e| cfg.error("http_listen", format!("cannot bind {addr}: {e}")))?;
-        tokio::spawn(crate::http::serve(app.clone(), l));
+        tokio::spawn(crate::http::serve(app.clone(), l, tls.as_ref().map(|t| t.http.clone())));
     }
 
     if on_files {

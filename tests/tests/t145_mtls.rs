@@ -58,7 +58,7 @@ async fn wait_denial(cluster: &Cluster, call: &str, reason: &str, peer: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_cluster_agent_and_refusals() -> Result<()> {
-    let cluster = Cluster::builder(145).nodes(3).extra_yaml(HEALTH).with_tls().start().await?;
+    let cluster = Cluster::builder(145).nodes(3).extra_yaml(HEALTH).with_tls().with_http().start().await?;
     let all = [1, 2, 3];
     let leader = cluster.wait_leader(&all).await?.leader_id;
     cluster.add_region(leader, "eu-west").await?;
@@ -69,6 +69,34 @@ async fn mtls_cluster_agent_and_refusals() -> Result<()> {
     for id in all {
         ensure!(!cluster.node(id)?.stderr().contains("machine links unauthenticated"), "node {id} warned");
     }
+
+    tracing::info!("--- the console and metrics are served over HTTPS with the node's certificate");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.ca_pem().as_bytes())?)
+        .build()?;
+    let http_addr = drcut_tests::cluster::http_addr(145, leader);
+    let page = https.get(format!("https://{http_addr}/")).send().await?;
+    ensure!(page.status() == 200, "console over HTTPS: {}", page.status());
+    ensure!(page.text().await?.contains("drcut"), "the console page");
+    let plain = drcut_tests::http_server::http_client().get(format!("http://{http_addr}/healthz")).send().await;
+    ensure!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200), "no plain-text HTTP on a TLS node");
+    let rogue = drcut_tests::tls::TestCa::new("rogue-browser")?;
+    let untrusting = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(rogue.ca_pem().as_bytes())?)
+        .build()?;
+    ensure!(
+        untrusting.get(format!("https://{http_addr}/healthz")).send().await.is_err(),
+        "a client trusting another CA refuses the node's certificate"
+    );
+
+    let probe = std::process::Command::new(drcut_tests::bins::bin_path("drcut-coordinator")?)
+        .args(["--probe", &http_addr.to_string()])
+        .output()?;
+    ensure!(probe.status.success(), "--probe of an HTTPS listener: {}", String::from_utf8_lossy(&probe.stderr));
 
     tracing::info!("--- drctl status over TLS: every member reachable (the probes speak TLS too)");
     let out = cluster.drctl(&["--json", "status"]).await?;

@@ -215,6 +215,22 @@ impl Material {
     }
 }
 
+impl Material {
+    /// The HTTP listener's side (console, metrics): this certificate, no client certificate
+    /// asked (browsers sign in with API tokens), HTTP/1.1.
+    pub fn http_server(&self) -> Result<rustls::ServerConfig, FileError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FileError { field: "tls.cert", message: e.to_string() })?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| FileError { field: "tls.key", message: format!("does not fit the certificate: {e}") })?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
 /// A client TLS config for tools (drctl, tests): trust `ca`, optionally present a certificate.
 pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, String> {
     let ca_pem = std::fs::read(ca).map_err(|e| format!("--ca {}: cannot read: {e}", ca.display()))?;
@@ -236,6 +252,8 @@ pub struct NodeTls {
     pub server: Arc<ServerTls>,
     /// How it dials peers.
     pub client: ClientTlsConfig,
+    /// The HTTP listener's handshakes (HTTPS with the node's certificate).
+    pub http: tokio_rustls::TlsAcceptor,
 }
 
 /// Loads the node's `tls:` section (None without one); errors name the field and the file.
@@ -252,7 +270,8 @@ pub fn from_config(cfg: &Config) -> Result<Option<NodeTls>, ConfigError> {
     m.verify(webpki::KeyUsage::server_auth())
         .map_err(|e| cfg.error("tls.cert", format!("{}: not usable as a server certificate: {e}", cert.display())))?;
     let server = Arc::new(ServerTls::new(m.server().map_err(err)?));
-    Ok(Some(NodeTls { server, client: m.client() }))
+    let http = tokio_rustls::TlsAcceptor::from(Arc::new(m.http_server().map_err(err)?));
+    Ok(Some(NodeTls { server, client: m.client(), http }))
 }
 
 /// The server side of a node's TLS: the acceptor and the audit throttle.
