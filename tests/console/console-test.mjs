@@ -143,6 +143,15 @@ async function main() {
   check((await o.getAttribute('#run-state', 'data-state')) === 'awaiting_approval', 'still awaiting approval');
   const viewerApprove = await rawCall(p, 'POST', `/api/runs/${encodeURIComponent(runId)}/approve`, env('TOKEN_VERA'), {});
   check(viewerApprove.status === 403, `viewer approve refused with 403: ${JSON.stringify(viewerApprove)}`);
+  const viewerPause = await rawCall(p, 'POST', `/api/runs/${encodeURIComponent(runId)}/pause`, env('TOKEN_VERA'), {});
+  check(viewerPause.status === 403, `viewer pause refused with 403: ${JSON.stringify(viewerPause)}`);
+
+  log('--- olga pauses the waiting run and resumes it');
+  await o.click('#run-pause');
+  await o.waitForSelector('#run-state[data-state=paused]', { timeout: 15_000 });
+  await o.waitForSelector('#run-resume:not([disabled])');
+  await o.click('#run-resume');
+  await o.waitForSelector('#run-state[data-state=awaiting_approval]', { timeout: 15_000 });
 
   log('--- arne approves from his own session; the run proceeds to success');
   const arne = await session('arne', env('TOKEN_ARNE'));
