@@ -212,8 +212,41 @@ struct Smoke {
     http: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     paths: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expect_status: Option<u16>,
+    /// `200` or `[200, 204]` in the file; always a list for the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "one_or_many")]
+    expect_status: Option<Vec<u16>>,
+}
+
+/// One HTTP status or a list of them. A visitor rather than an untagged enum: the YAML reader
+/// hands scalars over as text until asked for a type, which an untagged enum never does.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Vec<u16>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an HTTP status or a list of them")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            u16::try_from(v).map(|s| Some(vec![s])).map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u16::try_from(v).map(|s| Some(vec![s])).map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .parse::<u16>()
+                .map(|s| Some(vec![s]))
+                .map_err(|_| E::custom(format!("{v:?} is not an HTTP status")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element::<u16>()? {
+                out.push(s);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Deserialize, Serialize)]
@@ -343,8 +376,10 @@ pub(crate) fn check_with(
         Action::Smoke => {
             let s: Smoke = c.typed(node)?;
             c.http_targets(&s.urls, &s.http, &s.paths)?;
-            if s.expect_status.is_some_and(|st| !(100..=599).contains(&st)) {
-                return Err(ctx.at(&base.key("expect_status"), "must be an HTTP status (100-599)"));
+            if s.expect_status.as_ref().is_some_and(|l| l.is_empty() || l.iter().any(|st| !(100..=599).contains(st))) {
+                return Err(
+                    ctx.at(&base.key("expect_status"), "must be an HTTP status (100-599) or a non-empty list of them")
+                );
             }
             c.json(&s)?
         }

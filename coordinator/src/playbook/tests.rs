@@ -123,6 +123,8 @@ fn example_parses_validates_and_resolves_in_the_design_order() {
         planned[8].with["paths"],
         serde_json::json!(["/api/login", "/api/spin", "/api/deposit", "/api/withdrawal"])
     );
+    // The file says `expect_status: 200`; the agent takes a list.
+    assert_eq!(planned[8].with["expect_status"], serde_json::json!([200]));
 }
 
 #[test]
@@ -629,4 +631,23 @@ fn failover_block_errors_name_the_field() {
     let text = doc(&[FREEZE, WAIT, PROMOTE])
         .replace("  steps:\n", "  failover: { source: eu-west, target: \"${nope}\" }\n  steps:\n");
     assert!(refused(&text).message.contains("undefined parameter"));
+}
+
+#[test]
+fn smoke_expect_status_is_one_status_or_a_list_and_always_a_list_for_the_agent() {
+    let statuses = |text: &str| {
+        let pb = Playbook::parse("p.yaml", text).unwrap();
+        let known = vec!["eu-west".to_string(), "eu-central".to_string()];
+        let r = validate_regions(&pb, &no_params(), &known).unwrap();
+        r.steps.iter().find(|s| s.action == Action::Smoke).unwrap().with["expect_status"].clone()
+    };
+    assert_eq!(statuses(EXAMPLE), serde_json::json!([200]));
+    assert_eq!(
+        statuses(&EXAMPLE.replace("expect_status: 200", "expect_status: [200, 204]")),
+        serde_json::json!([200, 204])
+    );
+    for bad in ["expect_status: 99", "expect_status: []", "expect_status: [200, 700]", "expect_status: ok"] {
+        let e = Playbook::parse("p.yaml", &EXAMPLE.replace("expect_status: 200", bad)).unwrap_err();
+        assert_eq!(e.field, "spec.steps[9].with.expect_status", "{bad}: {e}");
+    }
 }
