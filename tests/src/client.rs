@@ -21,25 +21,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client for the node at `addr`. The channel connects lazily and reconnects on its own, so
 /// one client survives the node being killed and restarted.
 pub fn connect(addr: SocketAddr) -> Result<ControlClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .context("endpoint")?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .timeout(CALL_TIMEOUT)
-        .connect_lazy();
-    Ok(ControlClient::new(channel))
+    lazy_client(Endpoint::from_shared(format!("http://{addr}")).context("endpoint")?)
 }
 
 /// [`connect`] over TLS with `tls` (CA, and the client certificate if it has one).
 pub fn connect_tls(addr: SocketAddr, tls: tonic::transport::ClientTlsConfig) -> Result<ControlClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
-        .context("endpoint")?
-        .tls_config(tls)
-        .context("tls config")?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .timeout(CALL_TIMEOUT)
-        .connect_lazy();
+    lazy_client(
+        Endpoint::from_shared(format!("https://{addr}")).context("endpoint")?.tls_config(tls).context("tls config")?,
+    )
+}
+
+fn lazy_client(e: Endpoint) -> Result<ControlClient<Channel>> {
+    let channel = e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).timeout(CALL_TIMEOUT).connect_lazy();
     Ok(ControlClient::new(channel))
 }
 

@@ -172,6 +172,32 @@ pub fn started_drill_id(stdout: &str) -> Result<String> {
     Ok(v["id"].as_str().context("no id")?.to_string())
 }
 
+/// A harmless daily drill, `nightly-exec`, first due at `start` (UTC, RFC 3339 without the
+/// zone): one `exec` fault on eu-west running `inject` and `revert` (YAML lists), then `observe`
+/// of steady state; no failover expected.
+pub fn nightly_exec_drill(start: &str, inject: &str, revert: &str, observe: &str) -> String {
+    format!(
+        r#"apiVersion: drcut/v1
+kind: Drill
+metadata: {{ name: nightly-exec, owner: platform-sre }}
+spec:
+  service: wallet
+  hypothesis: The platform shrugs off a fault no driver knows.
+  target: {{ region: eu-west }}
+  schedule:
+    rrule: FREQ=DAILY
+    timezone: UTC
+    start: "{start}"
+    start_tolerance: 5m
+  deadline: 5m
+  faults:
+    - {{ id: marker, region: eu-west, type: exec, inject: {inject}, revert: {revert} }}
+  response: {{ observe: {observe} }}
+  expect: {{ failover: false }}
+"#
+    )
+}
+
 /// The region-loss drill of the cutover environment ([`Env`] with a witness and eu-west's data
 /// dir): stop eu-west's primary hard, fail over with `wallet-failover` (unplanned), count RPO
 /// with a canary over both databases, fail back with `wallet-failback`.

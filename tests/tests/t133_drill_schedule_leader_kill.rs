@@ -6,34 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, ensure};
-use drcut_tests::drill::{DrillEnv, apply_drill, drill_runs, wait_drill, wait_drill_started};
-
-fn drill(start: &str, marker: &str) -> String {
-    format!(
-        r#"apiVersion: drcut/v1
-kind: Drill
-metadata: {{ name: nightly-exec, owner: platform-sre }}
-spec:
-  service: wallet
-  hypothesis: The platform shrugs off a fault no driver knows.
-  target: {{ region: eu-west }}
-  schedule:
-    rrule: FREQ=DAILY
-    timezone: UTC
-    start: "{start}"
-    start_tolerance: 5m
-  deadline: 5m
-  faults:
-    - id: marker
-      region: eu-west
-      type: exec
-      inject: [/bin/sh, -c, "echo inject >> {marker}"]
-      revert: [/bin/sh, -c, "echo revert >> {marker}"]
-  response: {{ observe: 6s }}
-  expect: {{ failover: false }}
-"#
-    )
-}
+use drcut_tests::drill::{DrillEnv, apply_drill, drill_runs, nightly_exec_drill, wait_drill, wait_drill_started};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_drill_fires_once_and_survives_its_leader() -> Result<()> {
@@ -58,7 +31,10 @@ async fn a_scheduled_drill_fires_once_and_survives_its_leader() -> Result<()> {
     let marker = env.cluster.dir().join("marker.log");
     let at = SystemTime::now() + Duration::from_secs(4);
     let start = humantime::format_rfc3339_seconds(at).to_string().trim_end_matches('Z').to_string();
-    let out = apply_drill(&env.cluster, "nightly", &drill(&start, &marker.display().to_string())).await?;
+    let m = marker.display();
+    let (inject, revert) =
+        (format!("[/bin/sh, -c, \"echo inject >> {m}\"]"), format!("[/bin/sh, -c, \"echo revert >> {m}\"]"));
+    let out = apply_drill(&env.cluster, "nightly", &nightly_exec_drill(&start, &inject, &revert, "6s")).await?;
     ensure!(out.code == Some(0), "apply: {out}");
     let list = env.cluster.drctl(&["drill", "list"]).await?;
     ensure!(list.stdout.contains(&start), "next fire time listed: {}", list.stdout);

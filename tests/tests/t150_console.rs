@@ -98,30 +98,6 @@ fn is_png(path: &Path) -> Result<bool> {
     Ok(b.len() > 1000 && b.starts_with(b"\x89PNG\r\n\x1a\n"))
 }
 
-/// The drill the calendar shows: daily from tomorrow, and once on demand now (its report).
-fn drill(start: &str) -> String {
-    format!(
-        r#"apiVersion: drcut/v1
-kind: Drill
-metadata: {{ name: nightly-exec, owner: platform-sre }}
-spec:
-  service: wallet
-  hypothesis: The platform shrugs off a fault no driver knows.
-  target: {{ region: eu-west }}
-  schedule:
-    rrule: FREQ=DAILY
-    timezone: UTC
-    start: "{start}"
-    start_tolerance: 5m
-  deadline: 5m
-  faults:
-    - {{ id: marker, region: eu-west, type: exec, inject: [/bin/true], revert: [/bin/true] }}
-  response: {{ observe: 2s }}
-  expect: {{ failover: false }}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() -> Result<()> {
     let opt = EnvOptions { http: true, auth: Some(people()), ..Default::default() };
@@ -131,7 +107,12 @@ async fn console_in_a_real_browser() -> Result<()> {
     tracing::info!("--- a drill on the calendar, run once so it has a report");
     let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
     let start = humantime::format_rfc3339_seconds(tomorrow).to_string().trim_end_matches('Z').to_string();
-    let out = drcut_tests::drill::apply_drill(&env.cluster, "nightly-exec", &drill(&start)).await?;
+    let out = drcut_tests::drill::apply_drill(
+        &env.cluster,
+        "nightly-exec",
+        &drcut_tests::drill::nightly_exec_drill(&start, "[/bin/true]", "[/bin/true]", "2s"),
+    )
+    .await?;
     ensure!(out.code == Some(0), "{out}");
     let out = env.cluster.drctl(&["--json", "drill", "run", "nightly-exec"]).await?;
     ensure!(out.code == Some(0), "{out}");

@@ -59,6 +59,18 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     }
 }
 
+/// Who is making a request (gRPC or console): the failed-sign-in limit of its address, its
+/// token, then its principal's rate limit.
+pub fn authenticate(app: &AppRef, headers: &http::HeaderMap, peer: Option<SocketAddr>) -> Result<Principal, Denial> {
+    let auth = &app.auth;
+    let ip = peer.map(|p| p.ip());
+    auth.admit_peer(ip)?;
+    let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok());
+    let p = auth.authenticate(bearer(headers), declared).inspect_err(|_| auth.note_failure(ip))?;
+    auth.admit(&p.name)?;
+    Ok(p)
+}
+
 /// Decides about one `Control` call: the principal making it, or why it is refused.
 pub fn check(
     app: &AppRef,
@@ -72,11 +84,7 @@ pub fn check(
         let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok());
         return auth.authenticate(None, declared);
     }
-    let ip = peer.map(|p| p.ip());
-    auth.admit_peer(ip)?;
-    let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok());
-    let p = auth.authenticate(bearer(headers), declared).inspect_err(|_| auth.note_failure(ip))?;
-    auth.admit(&p.name)?;
+    let p = authenticate(app, headers, peer)?;
     auth.authorize(&p, method)?;
     Ok(p)
 }

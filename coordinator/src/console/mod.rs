@@ -18,7 +18,7 @@ mod view;
 use crate::auth::{Denial, Principal};
 use crate::node::AppRef;
 use axum::Router;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -101,13 +101,6 @@ fn json(v: serde_json::Value) -> Response {
     ([(CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-/// The bearer token of a request (`Authorization: Bearer <token>`).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Authenticates the caller and admits it for `call` (an RPC name from the role table), or
 /// refuses with 401/403/429 and records the refusal in the audit chain.
 fn admit(app: &AppRef, headers: &HeaderMap, peer: SocketAddr, call: &str) -> Result<Principal, ApiError> {
@@ -116,12 +109,10 @@ fn admit(app: &AppRef, headers: &HeaderMap, peer: SocketAddr, call: &str) -> Res
     Ok(p)
 }
 
-/// Authentication and the rate limit only (for `/api/me`, which any principal may read).
+/// Authentication and the rate limits only (for `/api/me`, which any principal may read): the
+/// same rules as the gRPC layer's, failed sign-ins per address included.
 fn authenticate(app: &AppRef, headers: &HeaderMap, peer: SocketAddr, call: &str) -> Result<Principal, ApiError> {
-    let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok()).map(str::trim);
-    let p = app.auth.authenticate(bearer(headers), declared).map_err(|d| refuse(app, call, d, peer))?;
-    app.auth.admit(&p.name).map_err(|d| refuse(app, call, d, peer))?;
-    Ok(p)
+    crate::auth::layer::authenticate(app, headers, Some(peer)).map_err(|d| refuse(app, call, d, peer))
 }
 
 fn refuse(app: &AppRef, call: &str, d: Denial, peer: SocketAddr) -> ApiError {
@@ -130,13 +121,9 @@ fn refuse(app: &AppRef, call: &str, d: Denial, peer: SocketAddr) -> ApiError {
 }
 
 /// A request to the in-process `Control` service on behalf of `p`: the principal travels in
-/// the extensions (as the gRPC auth layer puts it there), its name also as the actor header
-/// for handlers that still read the actor from metadata.
+/// the extensions, as the gRPC auth layer puts it there (the handlers' actor in every mode).
 fn grpc_request<T>(msg: T, p: &Principal) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    if let Ok(v) = p.name.parse() {
-        req.metadata_mut().insert("x-drcut-actor", v);
-    }
     req.extensions_mut().insert(p.clone());
     req
 }
@@ -144,16 +131,6 @@ fn grpc_request<T>(msg: T, p: &Principal) -> tonic::Request<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_is_taken_from_the_authorization_header_only() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, "Bearer abc ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(AUTHORIZATION, "basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
 
     #[test]
     fn grpc_codes_map_to_http_statuses() {
