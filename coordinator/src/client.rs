@@ -51,12 +51,8 @@ impl tonic::service::Interceptor for Bearer {
 /// Connect timeout per endpoint.
 const CONNECT: Duration = Duration::from_millis(800);
 
-/// Asks one node for its status, giving up after `timeout` (None when it does not answer).
-pub async fn probe_status(addr: &str, timeout: Duration) -> Option<ClusterStatus> {
-    probe_status_via(&Dialer::tcp(), addr, timeout, &Bearer::default()).await
-}
-
-/// [`probe_status`] through a given dialer (TLS or not), sending `bearer` (an API token) if any.
+/// Asks one node for its status through `dialer` (TLS or not), sending `bearer` (an API token)
+/// if any; None when it does not answer within `timeout`.
 pub async fn probe_status_via(
     dialer: &Dialer,
     addr: &str,
@@ -110,7 +106,7 @@ impl Client {
         self
     }
 
-    /// [`probe_status`] with this client's TLS settings and token.
+    /// [`probe_status_via`] with this client's TLS settings and token.
     pub async fn probe_status(&self, addr: &str, timeout: Duration) -> Option<ClusterStatus> {
         probe_status_via(&Dialer::tcp().with_tls(self.tls.clone()), addr, timeout, &self.bearer).await
     }
