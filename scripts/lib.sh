@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by scripts/test and scripts/demo: install what the real components need.
+# Shared by scripts/test and scripts/sandbox: install what the real components need.
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 apt_updated=
@@ -39,7 +39,10 @@ ensure_test_servers() {
   command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing ${missing[*]}: install them (needs root and apt-get)" >&2
+    echo "missing ${missing[*]}. Run this as root to install them, or install them yourself:" >&2
+    echo "  sudo apt-get install --no-install-recommends ${missing[*]}" >&2
+    echo "and keep their services stopped (drcut starts its own instances):" >&2
+    echo "  sudo systemctl disable --now postgresql pdns" >&2
     return 1
   fi
   # A policy-rc.d exiting 101 tells maintainer scripts not to start services. Only add one

@@ -91,6 +91,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// The cluster id in every node's config (default `test-bB`).
+    pub fn cluster_id(mut self, id: &str) -> Self {
+        self.cluster_id = id.to_string();
+        self
+    }
+
     /// Gives every node an HTTP listener (`/metrics`) on `127.0.B.N:9100`.
     pub fn with_http(mut self) -> Self {
         self.http = true;

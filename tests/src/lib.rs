@@ -57,6 +57,7 @@ pub mod pdns;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod sandbox;
 pub mod steps;
 pub mod tls;
 pub mod wait;

@@ -78,11 +78,14 @@ pub struct PgOptions {
     pub wal_log_hints: bool,
     /// `synchronous_standby_names = '*'` on the primary: the standby is a `sync` standby.
     pub synchronous: bool,
+    /// Both servers on the same port (their addresses differ), so clients can find the
+    /// primary by name alone, e.g. through a GSLB name that a cutover repoints.
+    pub same_port: bool,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { wal_log_hints: true, synchronous: false }
+        PgOptions { wal_log_hints: true, synchronous: false, same_port: false }
     }
 }
 
@@ -146,10 +149,14 @@ impl PgPair {
         chmod(dir.path(), 0o755)?;
         chown(dir.path(), owner)?;
 
-        let primary =
-            PgServer::new("primary", dir.path(), SocketAddr::from((ip_primary, free_port(ip_primary, false)?)));
-        let standby =
-            PgServer::new("standby", dir.path(), SocketAddr::from((ip_standby, free_port(ip_standby, false)?)));
+        let (port_primary, port_standby) = if options.same_port {
+            let p = free_port_on_both(ip_primary, ip_standby)?;
+            (p, p)
+        } else {
+            (free_port(ip_primary, false)?, free_port(ip_standby, false)?)
+        };
+        let primary = PgServer::new("primary", dir.path(), SocketAddr::from((ip_primary, port_primary)));
+        let standby = PgServer::new("standby", dir.path(), SocketAddr::from((ip_standby, port_standby)));
         let mut pair = PgPair { bin, owner, primary, standby, dir: Some(dir) };
 
         pair.initdb(options).await?;
@@ -799,6 +806,17 @@ pub(crate) fn free_port(ip: Ipv4Addr, udp: bool) -> Result<u16> {
         }
     }
     bail!("no port on {ip} free for both TCP and UDP")
+}
+
+/// A TCP port free on both `a` and `b`.
+fn free_port_on_both(a: Ipv4Addr, b: Ipv4Addr) -> Result<u16> {
+    for _ in 0..50 {
+        let port = free_port(a, false)?;
+        if std::net::TcpListener::bind((b, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no TCP port free on both {a} and {b}")
 }
 
 /// The last `lines` lines of a log file ("" if it does not exist).

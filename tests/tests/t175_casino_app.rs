@@ -52,31 +52,32 @@ async fn casino_writes_on_the_primary_and_refuses_on_the_standby() -> Result<()>
     ensure!(h["database"] == "standby", "{h}");
 
     tracing::info!("--- a player's session on the primary's app");
-    let (code, v) = call(&http, &wb, "/login", json!({ "player": "ana" })).await?;
+    let (code, v) = call(&http, &wb, "/api/login", json!({ "player": "ana" })).await?;
     ensure!(code == 200 && v["balance"] == 0, "login: {code} {v}");
-    let (code, v) = call(&http, &wb, "/deposit", json!({ "player": "ana", "amount": 100 })).await?;
+    let (code, v) = call(&http, &wb, "/api/deposit", json!({ "player": "ana", "amount": 100 })).await?;
     ensure!(code == 200 && v["balance"] == 100, "deposit: {code} {v}");
-    let (code, v) = call(&http, &wb, "/withdraw", json!({ "player": "ana", "amount": 500 })).await?;
+    let entry = v["entry"].as_i64().context("deposit: no ledger entry id")?;
+    let (code, v) = call(&http, &wb, "/api/withdrawal", json!({ "player": "ana", "amount": 500 })).await?;
     ensure!(code == 409 && v["error"].as_str().unwrap_or("").contains("too little"), "overdraw: {code} {v}");
-    let (code, v) = call(&http, &wb, "/spin", json!({ "player": "ana", "bet": 10 })).await?;
+    let (code, v) = call(&http, &wb, "/api/spin", json!({ "player": "ana", "bet": 10 })).await?;
     let after = v["balance"].as_i64().context("balance")?;
     ensure!(code == 200 && (after == 90 || after == 110) && (v["win"] == (after == 110)), "spin: {code} {v}");
-    let (code, v) = call(&http, &wb, "/withdraw", json!({ "player": "ana", "amount": 50 })).await?;
+    let (code, v) = call(&http, &wb, "/api/withdrawal", json!({ "player": "ana", "amount": 50 })).await?;
     ensure!(code == 200 && v["balance"] == after - 50, "withdraw: {code} {v}");
 
     tracing::info!("--- bad input is refused naming the field");
-    let (code, v) = call(&http, &wb, "/deposit", json!({ "player": "ana", "amount": "lots" })).await?;
+    let (code, v) = call(&http, &wb, "/api/deposit", json!({ "player": "ana", "amount": "lots" })).await?;
     ensure!(code == 400 && v["error"].as_str().unwrap_or("").starts_with("amount:"), "{code} {v}");
-    let (code, v) = call(&http, &wb, "/spin", json!({ "bet": 1 })).await?;
+    let (code, v) = call(&http, &wb, "/api/spin", json!({ "bet": 1 })).await?;
     ensure!(code == 400 && v["error"].as_str().unwrap_or("").starts_with("player:"), "{code} {v}");
-    let r = http.post(format!("{wb}/login")).body("{not json").send().await?;
+    let r = http.post(format!("{wb}/api/login")).body("{not json").send().await?;
     ensure!(r.status() == 400, "not JSON: {}", r.status());
 
     tracing::info!("--- maintenance (drcut's freeze step) turns writes and health away, and back");
     let (code, _) = call(&http, &wb, "/maintenance", json!({ "maintenance": true })).await?;
     ensure!(code == 200);
     ensure!(http.get(format!("{wb}/health")).send().await?.status() == 503, "health in maintenance");
-    let (code, v) = call(&http, &wb, "/deposit", json!({ "player": "ana", "amount": 1 })).await?;
+    let (code, v) = call(&http, &wb, "/api/deposit", json!({ "player": "ana", "amount": 1 })).await?;
     ensure!(code == 503 && v["error"].as_str().unwrap_or("").contains("maintenance"), "{code} {v}");
     call(&http, &wb, "/maintenance", json!({ "maintenance": false })).await?;
     wait_up(&http, &wb).await?;
@@ -87,6 +88,14 @@ async fn casino_writes_on_the_primary_and_refuses_on_the_standby() -> Result<()>
     let primary = pg.primary_client().await?;
     let n: i64 = primary.query_one("SELECT count(*) FROM casino_ledger WHERE player = 'ana'", &[]).await?.get(0);
     ensure!(n == 3, "ledger rows: {n}");
+    let kind: String = primary.query_one("SELECT kind FROM casino_ledger WHERE id = $1", &[&entry]).await?.get(0);
+    ensure!(kind == "deposit", "the entry id answered for the deposit is its ledger row: {kind}");
+
+    tracing::info!("--- journeys' readiness (what a smoke step GETs) and the lobby");
+    for path in ["/api/login", "/api/spin", "/api/deposit", "/api/withdrawal", "/api/games"] {
+        let r = http.get(format!("{wb}{path}")).send().await?;
+        ensure!(r.status() == 200, "GET {path} on the primary's app: {}", r.status());
+    }
     let standby = pg.standby_client().await?;
     let mut replicated = false;
     for _ in 0..100 {
@@ -105,7 +114,10 @@ async fn casino_writes_on_the_primary_and_refuses_on_the_standby() -> Result<()>
     ensure!(replicated, "the ledger did not reach the standby");
 
     tracing::info!("--- the standby's app is healthy but takes no writes, saying why");
-    let (code, v) = call(&http, &cb, "/deposit", json!({ "player": "ana", "amount": 1 })).await?;
+    let (code, v) = call(&http, &cb, "/api/deposit", json!({ "player": "ana", "amount": 1 })).await?;
     ensure!(code == 503 && v["error"].as_str().unwrap_or("").contains("read-only"), "standby write: {code} {v}");
+    let r = http.get(format!("{cb}/api/spin")).send().await?;
+    ensure!(r.status() == 503, "a standby's app is not ready for spins: {}", r.status());
+    ensure!(http.get(format!("{cb}/api/games")).send().await?.status() == 200, "the lobby reads anywhere");
     Ok(())
 }

@@ -327,6 +327,10 @@ impl From<tonic::Status> for Fail {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`drctl status | head`) would panic
+    // with a backtrace; the default action ends the process quietly, as for any Unix tool.
+    // SAFETY: called before any thread or I/O; SIG_DFL is always a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     drcut_coordinator::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(&cli).await {

@@ -1,11 +1,19 @@
 //! The sandbox's sample "casino": the app one region serves, with the endpoints an online
-//! casino's users hit — login, spin, deposit, withdrawal — each a real write to the region's
-//! PostgreSQL (a wallet row and a ledger entry in one transaction), plus the switches drcut's
-//! steps use: `GET /health` and `POST /maintenance`. Active-standby: the app writes to its
-//! region's database, which only takes writes while it is the primary, so a cutover moves the
-//! writes with the traffic.
+//! casino's users hit — `POST /api/login`, `/api/spin`, `/api/deposit`, `/api/withdrawal` —
+//! each a real write to the region's PostgreSQL (a wallet row and a ledger entry in one
+//! transaction, the entry's id in the answer), `GET /api/games` (the lobby, for cache warming),
+//! and `GET` on each journey's path: 200 only when that journey would work here now (not in
+//! maintenance, the database a writable primary), which is what a playbook's `smoke` step
+//! asks. Plus the switches drcut's steps use: `GET /health` and `POST /maintenance`.
+//! Active-standby: the app writes to its region's database, which only takes writes while it
+//! is the primary, so a cutover moves the writes with the traffic.
 //!
-//! `drcut-casino --listen IP:PORT --region NAME --db DSN`
+//! `drcut-casino --listen IP:PORT --region NAME --db DSN [--dns IP:PORT]`
+//!
+//! With `--dns`, the DSN's host is a name (the GSLB's database endpoint, e.g.
+//! `wallet-db.gslb.example.`) looked up through that DNS server before every request, and the
+//! connection is remade when the answer changes: every region's app writes to whichever
+//! database the name points at, so a cutover's `repoint_clients` moves all of them at once.
 
 use anyhow::{Context, Result, bail};
 use axum::body::Bytes;
@@ -22,10 +30,11 @@ struct Args {
     listen: std::net::SocketAddr,
     region: String,
     db: String,
+    dns: Option<std::net::SocketAddr>,
 }
 
 fn args() -> Result<Args> {
-    let (mut listen, mut region, mut db) = (None, None, None);
+    let (mut listen, mut region, mut db, mut dns) = (None, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -33,22 +42,27 @@ fn args() -> Result<Args> {
             "--listen" => listen = Some(val()?.parse().context("--listen: not an IP:port")?),
             "--region" => region = Some(val()?),
             "--db" => db = Some(val()?),
-            other => bail!("unknown flag {other} (use --listen IP:PORT --region NAME --db DSN)"),
+            "--dns" => dns = Some(val()?.parse().context("--dns: not an IP:port")?),
+            other => bail!("unknown flag {other} (use --listen IP:PORT --region NAME --db DSN [--dns IP:PORT])"),
         }
     }
     Ok(Args {
         listen: listen.context("--listen IP:PORT is required")?,
         region: region.context("--region NAME is required")?,
         db: db.context("--db DSN is required")?,
+        dns,
     })
 }
 
 /// What the app shares between requests.
 struct App {
     region: String,
-    dsn: String,
-    /// One connection, re-made after an error (a promotion, a fence or a restart ends it).
-    conn: Mutex<Option<tokio_postgres::Client>>,
+    dsn: tokio_postgres::Config,
+    /// With `--dns`: the resolver and the DSN's host name it looks up.
+    resolve: Option<(hickory_resolver::TokioResolver, String)>,
+    /// One connection and the address it went to, re-made after an error (a promotion, a
+    /// fence or a restart ends it) or when the name points elsewhere.
+    conn: Mutex<Conn>,
     maintenance: AtomicBool,
     /// Writes the database acknowledged, for the sandbox's summary.
     acked: AtomicU64,
@@ -61,19 +75,38 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS casino_wallet (player text PRIM
 CREATE TABLE IF NOT EXISTS casino_ledger (id bigserial PRIMARY KEY, player text NOT NULL, kind text NOT NULL,
   amount bigint NOT NULL, region text NOT NULL, at timestamptz NOT NULL DEFAULT now());";
 
+/// The app's database connection.
+#[derive(Default)]
+struct Conn {
+    client: Option<tokio_postgres::Client>,
+    /// Where the name pointed when it was made (`None` without `--dns`).
+    addr: Option<std::net::IpAddr>,
+}
+
 impl App {
-    /// The connection, made (again) when there is none or the old one ended (a promotion, a
-    /// fence or a restart ends it).
-    async fn db(&self) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, String> {
+    /// The connection, made (again) when there is none, the old one ended (a promotion, a
+    /// fence or a restart ends it) or the database's name now points elsewhere.
+    async fn db(&self) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, String> {
+        let addr = match &self.resolve {
+            None => None,
+            Some((resolver, name)) => {
+                let answer =
+                    drcut_tests::pdns::query_a_at(resolver, name).await.map_err(|e| format!("database: {e:#}"))?;
+                let ip = answer.first().ok_or_else(|| format!("database: {name}: no address"))?;
+                Some(std::net::IpAddr::V4(*ip))
+            }
+        };
         let mut guard = self.conn.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = tokio_postgres::connect(&self.dsn, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| format!("database: {e}"))?;
+        if guard.client.as_ref().is_none_or(|c| c.is_closed()) || guard.addr != addr {
+            let mut cfg = self.dsn.clone();
+            if let Some(ip) = addr {
+                cfg.hostaddr(ip);
+            }
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("database: {e}"))?;
             tokio::spawn(conn);
-            *guard = Some(client);
+            *guard = Conn { client: Some(client), addr };
         }
-        Ok(guard)
+        Ok(tokio::sync::MutexGuard::map(guard, |c| c.client.as_mut().expect("connected above")))
     }
 }
 
@@ -125,11 +158,10 @@ fn input(body: &Value, amount_field: Option<&str>) -> Result<(String, i64), Refu
     Ok((player.to_string(), amount))
 }
 
-/// One wallet change and its ledger entry, in one transaction; `None` when the balance would go
-/// below zero.
-async fn transact(app: &App, player: &str, kind: &str, delta: i64) -> Result<Option<i64>, String> {
-    let mut guard = app.db().await?;
-    let c = guard.as_mut().expect("connected");
+/// One wallet change and its ledger entry, in one transaction: the new balance and the entry's
+/// id; `None` when the balance would go below zero.
+async fn transact(app: &App, player: &str, kind: &str, delta: i64) -> Result<Option<(i64, i64)>, String> {
+    let mut c = app.db().await?;
     let r = async {
         let tx = c.transaction().await?;
         let row = tx
@@ -140,13 +172,14 @@ async fn transact(app: &App, player: &str, kind: &str, delta: i64) -> Result<Opt
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        tx.execute(
-            "INSERT INTO casino_ledger (player, kind, amount, region) VALUES ($1, $2, $3, $4)",
-            &[&player, &kind, &delta, &app.region],
-        )
-        .await?;
+        let entry = tx
+            .query_one(
+                "INSERT INTO casino_ledger (player, kind, amount, region) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&player, &kind, &delta, &app.region],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(Some(row.get::<_, i64>(0)))
+        Ok(Some((row.get::<_, i64>(0), entry.get::<_, i64>(0))))
     }
     .await
     .map_err(db_error)?;
@@ -172,8 +205,7 @@ async fn login(State(app): State<Shared>, b: Bytes) -> Response {
         Err(r) => return r.into_response(),
     };
     let r = async {
-        let mut guard = app.db().await?;
-        let c = guard.as_mut().expect("connected");
+        let c = app.db().await?;
         c.execute(
             "INSERT INTO casino_wallet (player, balance) VALUES ($1, 0) ON CONFLICT (player) DO NOTHING",
             &[&player],
@@ -197,7 +229,9 @@ async fn money(app: Shared, b: Bytes, kind: &str, field: &str, sign: i64) -> Res
         Err(r) => return r.into_response(),
     };
     match transact(&app, &player, kind, sign * amount).await {
-        Ok(Some(balance)) => ok(json!({ "player": player, "balance": balance, "region": app.region })),
+        Ok(Some((balance, entry))) => {
+            ok(json!({ "player": player, "balance": balance, "entry": entry, "region": app.region }))
+        }
         Ok(None) => refuse(StatusCode::CONFLICT, format!("{kind}: {player} has no wallet or too little money")),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -219,7 +253,9 @@ async fn spin(State(app): State<Shared>, b: Bytes) -> Response {
     };
     let win = rand::random::<bool>();
     match transact(&app, &player, if win { "spin-win" } else { "spin-loss" }, if win { bet } else { -bet }).await {
-        Ok(Some(balance)) => ok(json!({ "player": player, "win": win, "balance": balance, "region": app.region })),
+        Ok(Some((balance, entry))) => {
+            ok(json!({ "player": player, "win": win, "balance": balance, "entry": entry, "region": app.region }))
+        }
         Ok(None) => refuse(StatusCode::CONFLICT, format!("spin: {player} has no wallet or too little money")),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -232,8 +268,7 @@ async fn health(State(app): State<Shared>) -> Response {
         return r.into_response();
     }
     let r = async {
-        let mut guard = app.db().await?;
-        let c = guard.as_mut().expect("connected");
+        let c = app.db().await?;
         c.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0)).map_err(db_error)
     }
     .await;
@@ -244,6 +279,32 @@ async fn health(State(app): State<Shared>) -> Response {
         }
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// Whether a journey would work here now: not in maintenance and the database a primary that
+/// takes writes (a fenced primary is read-only). What a `smoke` step's GET asks.
+async fn ready(State(app): State<Shared>) -> Response {
+    if let Err(r) = guard(&app) {
+        return r.into_response();
+    }
+    let r = async {
+        let c = app.db().await?;
+        c.query_one("SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on'", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(db_error)
+    }
+    .await;
+    match r {
+        Ok(false) => ok(json!({ "ready": true, "region": app.region })),
+        Ok(true) => refuse(StatusCode::SERVICE_UNAVAILABLE, "database: read-only here (a standby or fenced)"),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The lobby: the games on offer (static; what cache warming fetches).
+async fn games(State(app): State<Shared>) -> Response {
+    ok(json!({ "region": app.region, "games": ["book-of-ra", "starburst", "roulette", "blackjack"] }))
 }
 
 /// drcut's freeze and unfreeze steps flip this (`{"maintenance": true|false}`).
@@ -272,23 +333,34 @@ async fn main() -> Result<()> {
     let a = args()?;
     let app = Arc::new(App {
         region: a.region.clone(),
-        dsn: a.db.clone(),
-        conn: Mutex::new(None),
+        dsn: a.db.parse().context("--db: not a PostgreSQL connection string")?,
+        resolve: match a.dns {
+            None => None,
+            Some(server) => {
+                let cfg: tokio_postgres::Config = a.db.parse().context("--db")?;
+                let Some(tokio_postgres::config::Host::Tcp(name)) = cfg.get_hosts().first().cloned() else {
+                    bail!("--dns needs --db with a host name (host=NAME)");
+                };
+                Some((drcut_tests::pdns::resolver(server)?, name))
+            }
+        },
+        conn: Mutex::new(Conn::default()),
         maintenance: AtomicBool::new(false),
         acked: AtomicU64::new(0),
     });
     // The schema goes in through the primary; a standby receives it by replication (a standby
     // refuses DDL, which is fine: it has or will have the tables).
-    let schema = async { app.db().await?.as_mut().expect("connected").batch_execute(SCHEMA).await.map_err(db_error) };
+    let schema = async { app.db().await?.batch_execute(SCHEMA).await.map_err(db_error) };
     if let Err(e) = schema.await {
         eprintln!("drcut-casino: schema not created here ({e}); expecting it by replication");
     }
     let router = axum::Router::new()
         .route("/health", get(health))
-        .route("/login", post(login))
-        .route("/deposit", post(deposit))
-        .route("/withdraw", post(withdraw))
-        .route("/spin", post(spin))
+        .route("/api/login", post(login).get(ready))
+        .route("/api/deposit", post(deposit).get(ready))
+        .route("/api/withdrawal", post(withdraw).get(ready))
+        .route("/api/spin", post(spin).get(ready))
+        .route("/api/games", get(games))
         .route("/maintenance", post(maintenance))
         .route("/stats", get(stats))
         .with_state(app);
