@@ -186,7 +186,9 @@ async fn tick(app: &AppRef, term: u64) {
                 commit(app, &id, RunOp::Hold { reason }).await
             }
             Decision::Wait(_) => {
-                if let Some(f) = &rec.run.in_flight {
+                if let Some(f) = &rec.run.in_flight
+                    && rec.run.waiting_approval_step().is_none()
+                {
                     let key = (id.clone(), term, f.work.clone());
                     let fresh = !app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).contains(&key);
                     if fresh && send(app, &rec, &f.work, app.engine.token(term)) {
@@ -197,13 +199,10 @@ async fn tick(app: &AppRef, term: u64) {
             }
             Decision::Dispatch { work, act, .. } => {
                 if act.action == "approval" {
-                    let op = RunOp::Pause {
-                        reason: format!(
-                            "step {}: waiting for an operator (drctl resume)",
-                            rec.run.plan.steps[work.step].id
-                        ),
-                    };
-                    commit(app, &id, op).await
+                    // Nothing to send: the attempt waits, bounded by the step's timeout, for
+                    // `ApproveRun` by someone other than the requester.
+                    let token = app.engine.token(term);
+                    commit(app, &id, RunOp::Dispatch { work, token }).await
                 } else {
                     let token = app.engine.token(term);
                     match commit(app, &id, RunOp::Dispatch { work: work.clone(), token }).await {
@@ -227,11 +226,15 @@ async fn tick(app: &AppRef, term: u64) {
             Decision::TimedOut(work) => {
                 let region = rec.run.plan.steps[work.step].act.region.clone();
                 let connected = app.engine.agent_for(&region).is_some();
-                let detail = format!(
-                    "no result within {} ms{}",
-                    rec.run.plan.steps[work.step].timeout_ms,
-                    if connected { String::new() } else { format!(" (no agent connected in {region})") }
-                );
+                let timeout = rec.run.plan.steps[work.step].timeout_ms;
+                let detail = if rec.run.waiting_approval_step().is_some() {
+                    format!("no approval within {timeout} ms")
+                } else {
+                    format!(
+                        "no result within {timeout} ms{}",
+                        if connected { String::new() } else { format!(" (no agent connected in {region})") }
+                    )
+                };
                 let op = RunOp::Result {
                     work,
                     ok: false,

@@ -290,6 +290,10 @@ pub struct Run {
     /// Every gate evaluated after a traffic phase, in order (the console and metrics show them).
     #[serde(default)]
     pub gates: Vec<GateRecord>,
+    /// Paused because a compensation failed: why the rollback started, so `resume` carries on
+    /// undoing (retrying that compensation) instead of going forward again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_rollback: Option<String>,
 }
 
 /// One SLO gate evaluation after a traffic phase.
@@ -374,6 +378,7 @@ impl Run {
             loss: None,
             consent: None,
             gates: vec![],
+            stuck_rollback: None,
         }
     }
 
@@ -539,8 +544,37 @@ impl Run {
         true
     }
 
-    /// Records an approval; the requester can never approve their own run, nor anyone twice.
-    pub fn approve(&mut self, who: &str) -> Result<(), String> {
+    /// The `approval` step the run is waiting at, if any (its attempt is in flight until
+    /// someone approves or it times out).
+    pub fn waiting_approval_step(&self) -> Option<&PlanStep> {
+        let f = self.in_flight.as_ref().filter(|f| !f.work.compensation)?;
+        self.plan.steps.get(f.work.step).filter(|s| s.act.action == "approval")
+    }
+
+    /// Records an approval at `now_ms`: of the run before its first step, or of the `approval`
+    /// step it waits at. The requester can never approve their own run, nor anyone twice.
+    pub fn approve(&mut self, who: &str, now_ms: i64) -> Result<(), String> {
+        if !self.state.is_terminal()
+            && let Some(step) = self.waiting_approval_step()
+        {
+            let step_id = step.id.clone();
+            if who == self.requester {
+                return Err(format!(
+                    "{who} requested run {} and cannot approve its step {step_id} (two-person rule)",
+                    self.id
+                ));
+            }
+            let work = self.in_flight.as_ref().expect("waiting at a step").work.clone();
+            self.record_result(
+                &work,
+                true,
+                &format!("approved by {who}"),
+                BTreeMap::new(),
+                serde_json::Value::Null,
+                now_ms,
+            );
+            return Ok(());
+        }
         if self.state != RunState::AwaitingApproval {
             return Err(format!("run {} is not awaiting approval", self.id));
         }
@@ -573,12 +607,15 @@ impl Run {
         if !matches!(self.state, RunState::Paused { .. }) {
             return Err(format!("run {} is not paused", self.id));
         }
-        self.state = if self.approvals.len() as u32 >= self.plan.approvals_required {
+        self.state = if let Some(reason) = self.stuck_rollback.take() {
+            RunState::RollingBack { reason }
+        } else if self.approvals.len() as u32 >= self.plan.approvals_required {
             RunState::Running
         } else {
             RunState::AwaitingApproval
         };
         self.failures = 0;
+        self.not_before_ms = 0;
         Ok(())
     }
 
@@ -738,10 +775,19 @@ impl Run {
         self.plan.steps.get(w.step).map(|s| s.timeout_ms).unwrap_or(0)
     }
 
-    /// The intent of `work` is committed with `token`.
+    /// The intent of `work` is committed with `token`. An `approval` step is then waiting for
+    /// a person: the run says so (and how to go on) until someone approves.
     pub fn record_dispatch(&mut self, work: Work, fencing_token: u64, now_ms: i64) {
         self.hold = None;
         self.in_flight = Some(InFlight { work, fencing_token, started_ms: now_ms });
+        if let Some(step) = self.waiting_approval_step() {
+            let message =
+                step.act.with.get("message").and_then(|m| m.as_str()).map(|m| format!(": {m}")).unwrap_or_default();
+            self.hold = Some(format!(
+                "step {} waits for an approval by anyone but {} (drctl approve {}){message}",
+                step.id, self.requester, self.id
+            ));
+        }
     }
 
     /// An attempt finished (or timed out). Results for anything but the attempt in flight (a
@@ -759,6 +805,9 @@ impl Run {
         let Some(f) = self.in_flight.clone().filter(|f| &f.work == work) else {
             return false;
         };
+        if self.waiting_approval_step().is_some() {
+            self.hold = None;
+        }
         self.in_flight = None;
         self.history.push(Attempt {
             work: work.clone(),
@@ -799,7 +848,10 @@ impl Run {
         }
         let reason = format!("step {} failed after {} attempt(s): {detail}", step.id, self.failures);
         if work.compensation {
-            // A compensation that cannot be done needs a human.
+            // A compensation that cannot be done needs a human; resuming retries it.
+            if let RunState::RollingBack { reason: why } = &self.state {
+                self.stuck_rollback = Some(why.clone());
+            }
             self.state = RunState::Paused { reason: format!("rollback stuck: {reason}") };
             return true;
         }
@@ -1021,10 +1073,58 @@ mod tests {
     fn two_person_rule() {
         let mut r = Run::new("r1", "wallet", plan(1), "alice");
         assert_eq!(r.decide(0), Decision::Wait(None));
-        assert!(r.approve("alice").unwrap_err().contains("two-person"));
-        r.approve("bob").unwrap();
-        assert!(r.approve("bob").is_err());
+        assert!(r.approve("alice", 0).unwrap_err().contains("two-person"));
+        r.approve("bob", 0).unwrap();
+        assert!(r.approve("bob", 0).is_err());
         assert_eq!(r.state, RunState::Running);
+    }
+
+    /// A plan with an `approval` step (no region, 5 s to approve, no retries) after freeze.
+    fn plan_with_approval_step(on_failure: OnFailure) -> RunPlan {
+        let mut p = plan(0);
+        let mut gate = step("go-ahead", "approval", None);
+        gate.act.region = String::new();
+        gate.act.with = json!({ "message": "the DBA confirms" });
+        gate.timeout_ms = 5000;
+        gate.retries = 0;
+        gate.on_failure = on_failure;
+        p.steps.insert(1, gate);
+        p.point_of_no_return = Some(3);
+        p
+    }
+
+    #[test]
+    fn an_approval_step_waits_for_someone_else_then_the_run_goes_on() {
+        let mut r = Run::new("r1", "wallet", plan_with_approval_step(OnFailure::Rollback), "alice");
+        drive(&mut r, 0, true);
+        let Decision::Dispatch { work, act, .. } = r.decide(10) else { panic!("{:?}", r.decide(10)) };
+        assert_eq!((work.step, act.action.as_str()), (1, "approval"));
+        r.record_dispatch(work, 7, 10);
+        let hold = r.hold.clone().unwrap_or_default();
+        assert!(hold.contains("go-ahead") && hold.contains("alice") && hold.contains("the DBA confirms"), "{hold}");
+        // Waiting, bounded by the step's timeout.
+        assert_eq!(r.decide(20), Decision::Wait(Some(5010)));
+        assert!(r.approve("alice", 30).unwrap_err().contains("two-person"));
+        r.approve("bob", 40).unwrap();
+        assert_eq!((r.cursor, r.hold.clone(), r.in_flight.clone()), (2, None, None));
+        let last = r.history.last().expect("the approval is recorded as an attempt");
+        assert!(last.ok && last.detail == "approved by bob" && last.finished_ms == 40);
+        // On with the next step; nothing is left to approve.
+        assert!(matches!(r.decide(50), Decision::Dispatch { work: Work { step: 2, .. }, .. }));
+        assert!(r.approve("carol", 60).is_err());
+    }
+
+    #[test]
+    fn an_approval_step_that_nobody_approves_fails_by_its_policy() {
+        let mut r = Run::new("r1", "wallet", plan_with_approval_step(OnFailure::Rollback), "alice");
+        drive(&mut r, 0, true);
+        let Decision::Dispatch { work, .. } = r.decide(10) else { panic!() };
+        r.record_dispatch(work.clone(), 7, 10);
+        assert_eq!(r.decide(5010), Decision::TimedOut(work.clone()));
+        assert!(r.record_result(&work, false, "no approval within 5000 ms", BTreeMap::new(), json!(null), 5010));
+        // No retry: the freeze is undone at once.
+        assert!(matches!(r.state, RunState::RollingBack { .. }), "{:?}", r.state);
+        assert_eq!((r.to_compensate.clone(), r.hold.clone()), (vec![0], None));
     }
 
     #[test]
@@ -1061,6 +1161,33 @@ mod tests {
         r.record_dispatch(work.clone(), 9, 200);
         r.record_result(&work, true, "", BTreeMap::new(), json!(null), 201);
         assert!(matches!(r.decide(202), Decision::Finish(RunState::RolledBack { .. })));
+    }
+
+    #[test]
+    fn resuming_a_stuck_rollback_carries_on_undoing() {
+        let mut r = Run::new("r1", "wallet", plan(0), "alice");
+        drive(&mut r, 0, true); // freeze
+        drive(&mut r, 0, false);
+        drive(&mut r, 101, false); // catch-up out of retries: roll back
+        // The unfreeze fails twice (one retry): the rollback is stuck and the run pauses.
+        let w = drive(&mut r, 200, false);
+        assert!(w.compensation);
+        drive(&mut r, 400, false);
+        assert!(
+            matches!(&r.state, RunState::Paused { reason } if reason.starts_with("rollback stuck")),
+            "{:?}",
+            r.state
+        );
+        r.resume().unwrap();
+        // Back to undoing: the compensation again, a fresh attempt, never catch-up.
+        match &r.state {
+            RunState::RollingBack { reason } => assert!(reason.contains("catch-up"), "{reason}"),
+            s => panic!("{s:?}"),
+        }
+        let again = drive(&mut r, 500, true);
+        assert!(again.compensation && again.step == 0 && again.attempt == 3, "{again:?}");
+        assert!(matches!(r.decide(600), Decision::Finish(RunState::RolledBack { .. })));
+        assert_eq!(r.stuck_rollback, None);
     }
 
     #[test]

@@ -289,7 +289,7 @@ impl State {
                 };
                 let r = &mut rec.run;
                 let res: Result<bool, String> = match op {
-                    RunOp::Approve { who } => r.approve(who).map(|_| true),
+                    RunOp::Approve { who } => r.approve(who, req.at_ms).map(|_| true),
                     RunOp::Pause { reason } => r.pause(reason).map(|_| true),
                     RunOp::Resume => r.resume().map(|_| true),
                     RunOp::Abort { reason } => r.abort(reason).map(|_| true),

@@ -86,10 +86,16 @@ async fn secrets_never_leak_and_logs_are_structured() -> Result<()> {
 
     tracing::info!("--- the audit chain, exported");
     let export = env.cluster.dir().join("audit-export.jsonl");
-    let out = env.cluster.drctl(&["audit", "export", "--out", &export.display().to_string()]).await?;
-    ensure!(out.code == Some(0), "{out}");
-    let chain = std::fs::read_to_string(&export)?;
-    ensure!(chain.contains("\"auth.denied\""), "the wrong tokens were audited");
+    // A refusal is answered at once and audited after (the record goes through Raft on its
+    // own), so the export waits for it.
+    let chain = drcut_tests::wait::until("the wrong tokens audited", Duration::from_secs(10), async || {
+        let out = env.cluster.drctl(&["audit", "export", "--out", &export.display().to_string()]).await?;
+        ensure!(out.code == Some(0), "{out}");
+        let chain = std::fs::read_to_string(&export)?;
+        ensure!(chain.contains("\"auth.denied\""), "no auth.denied record in the exported chain yet");
+        Ok(chain)
+    })
+    .await?;
     ensure!(chain.contains("run.approve") && chain.contains("arne"), "the approval is in the chain");
 
     tracing::info!("--- no secret in any file the cluster and agents wrote, nor in the export");

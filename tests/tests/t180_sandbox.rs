@@ -1,5 +1,5 @@
 //! The newcomer's sandbox, run the way the README tells a newcomer to run it: `scripts/sandbox`
-//! (non-interactive here) must start the platform, finish a successful planned cutover under
+//! (non-interactive here, and without its build step: the suite has just built) must start the platform, finish a successful planned cutover under
 //! load with nothing lost and a passed drill with its report, and leave everything running;
 //! a second `up` starts nothing twice; `down` leaves no process and no dir behind.
 
@@ -18,7 +18,10 @@ fn script() -> PathBuf {
 async fn sandbox(cmd: &str, dir: &Path, timeout: Duration) -> Result<ProcessOutput> {
     let dir = dir.display().to_string();
     let block = BLOCK.to_string();
-    let out = drcut_tests::process::run(&script(), [cmd, "--dir", &dir, "--block", &block], timeout).await?;
+    // scripts/test built everything just before; a build inside the suite would wait on the
+    // cargo lock of whatever else runs.
+    let env = [("DRCUT_SANDBOX_NO_BUILD", "1")];
+    let out = drcut_tests::process::run_env(&script(), [cmd, "--dir", &dir, "--block", &block], &env, timeout).await?;
     tracing::info!(cmd, code = ?out.code, "scripts/sandbox finished:\n{}", out.combined());
     Ok(out)
 }

@@ -1,10 +1,12 @@
 //! The operator's hands on a run: halt pauses every active run, resume continues, pause during
-//! a dwell holds the traffic where it is, abort ends the run and frees the service lock.
+//! a dwell holds the traffic where it is, abort ends the run and frees the service lock; an
+//! `approval` step holds the run until someone other than the requester approves, then it
+//! goes on to the end.
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use drcut_tests::cutover::{Env, attempts, run_record, watch_run_until};
+use drcut_tests::cutover::{Env, attempts, run_record, started_run_id, watch_run_until};
 
 async fn state(env: &Env, run: &str) -> Result<String> {
     let (info, _) = run_record(&env.cluster, 1, run).await?;
@@ -53,6 +55,40 @@ async fn halt_pause_resume_abort() -> Result<()> {
     for action in ["run.pause", "run.resume", "run.approve", "run.abort"] {
         ensure!(audit.stdout.contains(action), "{action} audited");
     }
+    c.audit_verify_ok().await?;
+    env.cluster.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_step_holds_the_run_until_someone_else_approves() -> Result<()> {
+    let env = Env::start(98).await?;
+    let c = &env.cluster;
+    tracing::info!("--- an approval step after the freeze: held until bob approves, then on to the end");
+    let text = env.playbook(0, "500ms").replacen(
+        "    - id: catch-up\n",
+        "    - { id: dba-ok, action: approval, with: { message: \"the DBA checked the replica\" }, timeout: 2m }\n    - id: catch-up\n",
+        1,
+    );
+    env.apply_playbook("with-approval", &text).await?;
+    let args = ["--json", "--actor", "alice", "cutover", "start", "wallet-test-cutover", "--reason", "step approval"];
+    let out = c.drctl(&args).await?;
+    ensure!(out.code == Some(0), "{out}");
+    let run = started_run_id(&out.stdout)?;
+    let held = env
+        .poll_run(&run, Duration::from_secs(30), "held at the approval step", |r| {
+            r.state == "held" && r.state_reason.contains("dba-ok")
+        })
+        .await?;
+    ensure!(held.state_reason.contains("the DBA checked the replica"), "{}", held.state_reason);
+    let out = c.drctl(&["--actor", "alice", "approve", &run]).await?;
+    ensure!(out.code == Some(1) && out.stderr.contains("two-person"), "the requester approves her own step: {out}");
+    ensure!(c.drctl(&["--actor", "bob", "approve", &run]).await?.code == Some(0));
+    let done = env.poll_run(&run, Duration::from_secs(60), "the run ends", |r| r.ended_unix_ms > 0).await?;
+    ensure!(done.state == "succeeded", "{} ({})", done.state, done.state_reason);
+    let (_, rec) = run_record(c, 1, &run).await?;
+    let a = attempts(&rec, "dba-ok")?;
+    ensure!(a.len() == 1 && a[0]["ok"] == true && a[0]["detail"] == "approved by bob", "{a:?}");
     c.audit_verify_ok().await?;
     env.cluster.finish();
     Ok(())

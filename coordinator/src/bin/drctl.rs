@@ -91,8 +91,9 @@ enum Cmd {
     /// Inspect and steer runs.
     #[command(subcommand)]
     Run(RunCmd),
-    /// Approve a run (the requester cannot approve their own), or consent to the loss an
-    /// unplanned promotion causes (--accept-loss, naming it as the run states it).
+    /// Approve a run before its first step or at the `approval` step it waits at (the
+    /// requester cannot approve their own), or consent to the loss an unplanned promotion
+    /// causes (--accept-loss, naming it as the run states it).
     Approve {
         /// Run id.
         run: String,

@@ -219,6 +219,7 @@ fn response(id: &str, state: RunState) -> RunRecord {
             loss: None,
             consent: None,
             gates: vec![],
+            stuck_rollback: None,
         },
         playbook: "wallet-region-cutover".into(),
         playbook_hash: "cd".repeat(32),

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 // Built-in step policy where neither the step nor `spec.defaults` says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an `approval` step without its own `timeout` waits for someone to approve.
+const APPROVAL_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_RETRIES: u32 = 0;
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Rollback;
@@ -392,7 +394,20 @@ fn step(ctx: &Ctx<'_>, p: &Path, rs: RawStep, defaults: &Policy) -> Result<Resol
         retry_backoff: rs.retry_backoff,
         on_failure: rs.on_failure,
     };
-    let pol = policy(ctx, p, &raw_policy, defaults)?;
+    let mut pol = policy(ctx, p, &raw_policy, defaults)?;
+    if action == Action::Approval {
+        // A person answers, not an agent: `spec.defaults` (sized for machines) do not apply.
+        // Its own `timeout` bounds the wait, else an hour; asking again changes nothing.
+        if raw_policy.timeout.is_none() {
+            pol.timeout = APPROVAL_TIMEOUT;
+        }
+        if raw_policy.retries.is_some_and(|r| r > 0) {
+            return Err(
+                ctx.at(&p.key("retries"), "an approval is not retried: remove retries (its timeout bounds the wait)")
+            );
+        }
+        pol.retries = 0;
+    }
 
     let compensate = match rs.compensate {
         None => None,

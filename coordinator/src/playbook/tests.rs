@@ -516,6 +516,19 @@ fn with_settings_are_checked_per_action() {
         .resolve(&no_params())
         .unwrap();
     assert_eq!((r.steps[0].region.as_ref(), r.steps[0].timeout), (None, Duration::from_secs(3600)));
+    // A person answers: the defaults sized for agents do not apply, and nothing is retried.
+    let text = HEADER.replace(
+        "  steps:
+",
+        "  defaults: { timeout: 30s, retries: 3 }
+  steps:
+",
+    ) + "    - { id: a, action: approval }\n    - { id: b, action: approval, timeout: 10m }\n";
+    let r = parse(&text).unwrap().resolve(&no_params()).unwrap();
+    let got: Vec<_> = r.steps.iter().map(|s| (s.timeout, s.retries)).collect();
+    assert_eq!(got, vec![(Duration::from_secs(3600), 0), (Duration::from_secs(600), 0)]);
+    let text = one("    - { id: a, action: approval, retries: 2 }\n");
+    assert_at(&refused(&text), 11, col(&text, 11, "2 }"), "spec.steps[0].retries", "not retried");
 }
 
 #[test]

@@ -416,13 +416,16 @@ function renderRunButtons() {
   const ended = !!v.ended_unix_ms;
   const ro = readOnly();
   const needsConsent = rec && rec.loss && !rec.consent && !ended;
+  // Waiting at an `approval` step: its attempt is in flight until someone else approves.
+  const w = rec && rec.in_flight && rec.in_flight.work;
+  const stepApproval = !!(w && !w.compensation && rec.plan.steps[w.step].act.action === 'approval');
   const set = (id, show, call, why) => {
     const b = $(id);
     b.hidden = !show;
     b.disabled = ro || !may(call);
     b.title = ro ? 'read-only: ' + S.status.read_only : (may(call) ? why : 'your roles do not allow this');
   };
-  set('run-approve', !ended && (v.state === 'awaiting_approval' || needsConsent), 'ApproveRun',
+  set('run-approve', !ended && (v.state === 'awaiting_approval' || stepApproval || needsConsent), 'ApproveRun',
     needsConsent ? 'consent to the stated loss' : 'approve (not your own run)');
   if (needsConsent && !$('run-accept-loss').checked) $('run-approve').disabled = true;
   set('run-pause', !ended && v.state !== 'paused', 'PauseRun', 'pause at the next safe point');
