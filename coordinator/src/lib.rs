@@ -37,6 +37,7 @@ pub mod hub;
 pub mod network;
 pub mod node;
 pub mod playbook;
+pub mod recover;
 pub mod rt;
 pub mod run;
 pub mod state;

@@ -18,6 +18,14 @@ struct Args {
     /// no shell or curl.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "config")]
     probe: Option<std::net::SocketAddr>,
+    /// Instead of running the node: when a majority of the cluster is lost for good, make this
+    /// (stopped) node's data a one-node cluster, keeping everything it holds, then exit. Refused
+    /// while any other member answers. See docs/OPERATIONS.md.
+    #[arg(long, requires = "config")]
+    force_new_cluster: bool,
+    /// Who runs --force-new-cluster (recorded in the audit chain; default: $USER@host).
+    #[arg(long, requires = "force_new_cluster")]
+    actor: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -60,6 +68,9 @@ async fn main() -> ExitCode {
         }
     };
     init_tracing(cfg.log_format);
+    if args.force_new_cluster {
+        return force_new_cluster(&cfg, args.actor).await;
+    }
     if let Err(e) = node::check_data_dir(&cfg) {
         eprintln!("drcut-coordinator: config error: {e}");
         return ExitCode::from(2);
@@ -82,6 +93,45 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("drcut-coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--force-new-cluster`: the recovery, and what to do next.
+async fn force_new_cluster(cfg: &Config, actor: Option<String>) -> ExitCode {
+    let actor = actor.unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        if host.is_empty() { user } else { format!("{user}@{host}") }
+    });
+    match drcut_coordinator::recover::force_new_cluster(cfg, &actor).await {
+        Ok(r) => {
+            let gone: Vec<String> =
+                r.previous_voters.iter().filter(|&&v| v != cfg.node_id).map(|v| v.to_string()).collect();
+            println!(
+                "drcut-coordinator: node {} is now a one-node cluster with everything it held: applied index {} before,                  {} entries of its own log replayed, new membership at index {} in term {} (audited as cluster.recovered by {actor}).",
+                cfg.node_id, r.applied_before, r.replayed, r.index, r.term
+            );
+            println!("  the data dir as it was: {}", r.backup.display());
+            println!(
+                "  never start node(s) {} on their old data dirs again: wipe them, and add nodes under new ids.",
+                gone.join(", ")
+            );
+            println!(
+                "Next: start this node as usual; it leads alone. Then for each new node (new id, empty data dir):"
+            );
+            println!(
+                "  drctl cluster add-learner --id N --addr HOST:7001   and, once it has caught up,   drctl cluster promote --id N"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(NodeError::Config(e)) => {
+            eprintln!("drcut-coordinator: force-new-cluster refused: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("drcut-coordinator: force-new-cluster failed: {e}");
             ExitCode::FAILURE
         }
     }

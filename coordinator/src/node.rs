@@ -554,7 +554,11 @@ async fn count_leader_changes(app: AppRef) {
     }
 }
 
-fn open_store<T>(cfg: &Config, name: &str, open: impl Fn(&Path) -> std::io::Result<T>) -> Result<T, NodeError> {
+pub(crate) fn open_store<T>(
+    cfg: &Config,
+    name: &str,
+    open: impl Fn(&Path) -> std::io::Result<T>,
+) -> Result<T, NodeError> {
     let p = cfg.data_dir.join(name);
     open(&p).map_err(|e| {
         if e.to_string().contains("already open") {
@@ -580,9 +584,9 @@ pub struct PeerState {
 
 /// Asks a peer for its Raft state over the node-to-node transport (a node certificate under
 /// TLS; never an API token, so it works with authentication on). None when it does not answer.
-async fn peer_state(app: &App, addr: &str, timeout: Duration) -> Option<PeerState> {
+pub(crate) async fn peer_state(dialer: &crate::network::Dialer, addr: &str, timeout: Duration) -> Option<PeerState> {
     let fut = async {
-        let ch = app.pool.dialer().connect(addr).await.ok()?;
+        let ch = dialer.connect(addr).await.ok()?;
         let reply = RaftTransportClient::new(ch).peer_state(RaftMessage { payload: vec![] }).await.ok()?;
         serde_json::from_slice(&reply.into_inner().payload).ok()
     };
@@ -595,7 +599,7 @@ async fn peer_state(app: &App, addr: &str, timeout: Duration) -> Option<PeerStat
 async fn bootstrap(app: &App, cfg: &Config) {
     for m in cfg.initial_members.iter().filter(|m| m.id != cfg.node_id) {
         let addr = app.pool.dial_addr(m.id, &m.addr);
-        if let Some(st) = peer_state(app, &addr, Duration::from_millis(700)).await
+        if let Some(st) = peer_state(app.pool.dialer(), &addr, Duration::from_millis(700)).await
             && (st.term > 0 || st.leader_id != 0)
         {
             tracing::warn!(peer = m.id, "peer already belongs to an initialised cluster; not bootstrapping");

@@ -26,6 +26,8 @@ pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A log entry.
 pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+/// An entry on its way to the state machine, with whoever waits for its result.
+pub type EntryResponder = openraft::storage::EntryResponder<TypeConfig>;
 /// A vote.
 pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
 /// Membership with the log id that set it.
