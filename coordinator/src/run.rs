@@ -142,6 +142,9 @@ pub struct RunPlan {
     /// Set when the playbook handles a region loss.
     #[serde(default)]
     pub failover: Option<FailoverPlan>,
+    /// The playbook's RPO and RTO, which `drctl run show` grades the finished run against.
+    #[serde(default)]
+    pub targets: crate::playbook::Targets,
 }
 
 /// Facts from outside the record that an unplanned run's decisions depend on (the leader
@@ -941,6 +944,7 @@ mod tests {
             approvals_required: approvals,
             mode: RunMode::Planned,
             failover: None,
+            targets: Default::default(),
         }
     }
 
@@ -967,6 +971,7 @@ mod tests {
                 target: "c".into(),
                 accept_loss: crate::playbook::LossBudget { bytes: accept_bytes, seconds: 0 },
             }),
+            targets: Default::default(),
         }
     }
 

@@ -915,6 +915,7 @@ mod tests {
                 target: "eu-central".into(),
                 accept_loss: Default::default(),
             }),
+            targets: Default::default(),
         };
         RunRecord {
             run: crate::run::Run::new("r1", "wallet", plan, "system"),

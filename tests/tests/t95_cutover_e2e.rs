@@ -148,6 +148,10 @@ async fn planned_cutover_loses_no_acknowledged_write() -> Result<()> {
     for s in ["freeze", "catch-up", "fence", "promote", "repoint", "unfreeze", "warm", "shift", "smoke"] {
         ensure!(done.contains(s), "step {s} not recorded: {done:?}");
     }
+    // The run graded against the playbook's targets (RPO 0, RTO 60 s).
+    let text = c.drctl(&["run", "show", &run]).await?.stdout;
+    ensure!(text.contains("; target 60 s: met"), "RTO graded: {text}");
+    ensure!(text.contains("RPO 0 bytes short of the frozen LSN; target 0 s: met"), "RPO graded: {text}");
     c.audit_verify_ok().await?;
     env.cluster.finish();
     Ok(())

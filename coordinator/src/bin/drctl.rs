@@ -1095,12 +1095,36 @@ fn print_run(cli: &Cli, i: &pb::RunInfo) {
         println!("consent: {c}");
     }
     let f = run_figures(&rec);
+    let targets = &run["plan"]["targets"];
     if i.ended_unix_ms > 0 {
-        println!("total (RTO) {} ms", i.ended_unix_ms - i.created_unix_ms);
+        let total = i.ended_unix_ms - i.created_unix_ms;
+        match targets["rto_seconds"].as_i64() {
+            Some(t) => println!("total (RTO) {total} ms; target {t} s: {}", verdict(total <= t * 1000)),
+            None => println!("total (RTO) {total} ms"),
+        }
+    }
+    if let Some(t) = targets["rpo_seconds"].as_f64()
+        && i.ended_unix_ms > 0
+    {
+        // A planned run measures how far the standby was from the frozen LSN; an unplanned one
+        // the loss it accepted.
+        match (f["rpo_bytes_short_of_frozen_lsn"].as_f64(), run["loss"].as_object()) {
+            (_, Some(l)) if l["known"] == true => {
+                let s = l["seconds"].as_f64().unwrap_or(0.0);
+                println!("RPO {s:.1} s of writes lost; target {t} s: {}", verdict(s <= t));
+            }
+            (_, Some(_)) => println!("RPO unknown (the loss could not be measured); target {t} s: not met"),
+            (Some(b), None) => println!("RPO {b} bytes short of the frozen LSN; target {t} s: {}", verdict(b == 0.0)),
+            (None, None) => println!("RPO not measured (no catch-up step finished); target {t} s"),
+        }
     }
     for (k, v) in f.as_object().into_iter().flatten() {
         println!("{k}: {v}");
     }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
 }
 
 /// Figures an operator reads after a run: the write window (freeze → unfreeze), how far the

@@ -199,6 +199,7 @@ fn response(id: &str, state: RunState) -> RunRecord {
                 approvals_required: 0,
                 mode: RunMode::Unplanned,
                 failover: None,
+                targets: Default::default(),
             },
             requester: "drill".into(),
             approvals: vec![],

@@ -107,6 +107,7 @@ pub fn run_plan(r: &crate::playbook::ResolvedPlaybook, mode: crate::run::RunMode
             target: f.target.clone(),
             accept_loss: f.accept_loss,
         }),
+        targets: r.targets.clone(),
     }
 }
 
