@@ -201,8 +201,20 @@ pub fn render(app: &AppRef) -> String {
         "Old primaries awaiting rebuild: 1 fenced, 0 still to fence when their region returns",
         fenced,
     );
-    let held = app.view.active_runs().iter().filter(|r| r.run.hold.is_some()).count();
+    // A run waiting at an `approval` step carries a hold text too, but waits as designed: it is
+    // counted with the runs awaiting approval, not as held (which pages).
+    let active = app.view.active_runs();
+    let at_step = |r: &&crate::command::RunRecord| r.run.waiting_approval_step().is_some();
+    let held = active.iter().filter(|r| r.run.hold.is_some() && !at_step(r)).count();
     gauge(&mut reg, "drcut_runs_held", "Active runs that cannot move (fencing or consent missing)", held as i64);
+    let approving =
+        active.iter().filter(|r| at_step(r) || r.run.state == crate::run::RunState::AwaitingApproval).count();
+    gauge(
+        &mut reg,
+        "drcut_runs_awaiting_approval",
+        "Active runs waiting for someone other than the requester to approve (before the first step or at an approval step)",
+        approving as i64,
+    );
 
     // Runs by state, and every step attempt by action and result (recounted per scrape from
     // the replicated runs: nothing to keep in step, and the same on every node).

@@ -68,7 +68,8 @@ pub struct Schedule {
     pub enabled: bool,
 }
 
-/// The policy for an occurrence missed (no leader, preflight refused, a run active).
+/// The policy for an occurrence that could not start on time (no leader, another drill
+/// running). An occurrence that fired and was refused by preflight is spent, not missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedPolicy {
