@@ -97,6 +97,12 @@ ensure_console_browser() {
   fi
 }
 
+# ensure_build_tools: the C toolchain cargo needs to link and to build ring (rustup installs
+# Rust, not a linker).
+ensure_build_tools() {
+  command -v cc >/dev/null 2>&1 || ensure_pkg_always gcc libc6-dev
+}
+
 # ensure_nextest: succeeds when `cargo nextest` is usable, installing it if needed.
 # ensure_manifest_validator: kubernetes-validate (PyPI; schema validation of deploy/kubernetes)
 # in a virtualenv under target/tools, pinned, so the system Python is left alone.
