@@ -11,7 +11,7 @@ ensure_pkg() {
   shift
   command -v "$cmd" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing $cmd: install $* (needs root and apt-get)" >&2
+    echo "missing $cmd. Run this as root to install it, or: sudo apt-get install --no-install-recommends $*" >&2
     return 1
   fi
   apt_install "$@"
@@ -103,7 +103,6 @@ ensure_build_tools() {
   command -v cc >/dev/null 2>&1 || ensure_pkg_always gcc libc6-dev
 }
 
-# ensure_nextest: succeeds when `cargo nextest` is usable, installing it if needed.
 # ensure_manifest_validator: kubernetes-validate (PyPI; schema validation of deploy/kubernetes)
 # in a virtualenv under target/tools, pinned, so the system Python is left alone.
 kube_validator_version=1.37.0
@@ -123,12 +122,13 @@ ensure_manifest_validator() {
 # ensure_pkg_always PACKAGE...: installs Debian PACKAGEs (no command to test for).
 ensure_pkg_always() {
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing $*: install it (needs root and apt-get)" >&2
+    echo "missing $*. Run this as root to install it, or: sudo apt-get install --no-install-recommends $*" >&2
     return 1
   fi
   apt_install "$@"
 }
 
+# ensure_nextest: succeeds when `cargo nextest` is usable, installing it if needed.
 ensure_nextest() {
   cargo nextest --version >/dev/null 2>&1 && return 0
   step "installing cargo-nextest"
