@@ -83,7 +83,7 @@ ensure_console_browser() {
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-      echo "missing ${missing[*]}: install them (needs root and apt-get)" >&2
+      echo "missing ${missing[*]}. Run this as root to install them, or: sudo apt-get install --no-install-recommends ${missing[*]}" >&2
       return 1
     fi
     apt_install "${missing[@]}"
