@@ -134,5 +134,3 @@ ensure_nextest() {
   step "installing cargo-nextest"
   cargo install cargo-nextest --locked
 }
-
-# Installs first, so a missing server fails here with a clear message rather than inside a test.
