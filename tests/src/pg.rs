@@ -349,6 +349,15 @@ impl PgPair {
     /// anyone else, e.g. an agent's `pg_ctl`).
     pub fn primary_running(&mut self) -> bool {
         reap(&mut self.primary);
+        // `pg_ctl stop` returns once the pid file is gone; the process may take a moment longer
+        // to exit and be reaped.
+        for _ in 0..40 {
+            if self.primary.child.is_none() || pidfile_postmaster(&self.primary).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            reap(&mut self.primary);
+        }
         self.primary.child.is_some() || pidfile_postmaster(&self.primary).is_some()
     }
 

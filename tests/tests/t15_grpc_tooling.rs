@@ -1,5 +1,6 @@
 //! Standard gRPC tooling works against a node: the health service reports every drcut service
 //! as serving, and reflection lists and describes them (what grpcurl and load balancers use).
+//! And drctl behaves in a shell pipeline: `drctl status | head -1` ends quietly.
 
 use anyhow::{Context, Result, ensure};
 use drcut_tests::Cluster;
@@ -53,6 +54,17 @@ async fn health_and_reflection_describe_the_services() -> Result<()> {
         anyhow::bail!("unexpected reply {second:?}");
     };
     ensure!(!fd.file_descriptor_proto.is_empty(), "no descriptor for drcut.v1.Control");
+
+    // The reader goes away before drctl has printed everything (`| head -c0`).
+    let mut child = std::process::Command::new(drcut_tests::bins::bin_path(drcut_tests::bins::DRCTL)?)
+        .args(["--endpoint", &cluster.endpoints(&[1]), "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(141) && !stderr.contains("panicked"), "drctl into a closed pipe: {out:?}");
     cluster.finish();
     Ok(())
 }

@@ -326,12 +326,29 @@ impl From<tonic::Status> for Fail {
     }
 }
 
+/// `drctl status | head`: printing into a closed pipe makes `println!` panic (Rust ignores
+/// SIGPIPE). End quietly there, as any Unix tool does, and keep the default report for every
+/// other panic. (Restoring SIGPIPE's default action instead would kill drctl whenever a server
+/// closes a connection it is writing to, before it can say why.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, so printing into a closed pipe (`drctl status | head`) would panic
-    // with a backtrace; the default action ends the process quietly, as for any Unix tool.
-    // SAFETY: called before any thread or I/O; SIG_DFL is always a valid disposition.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    quiet_on_closed_stdout();
     drcut_coordinator::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(&cli).await {
