@@ -81,7 +81,7 @@ pub fn check_data_dir(cfg: &Config) -> Result<bool, ConfigError> {
     Ok(false)
 }
 
-fn init_data_dir(cfg: &Config) -> std::io::Result<()> {
+pub(crate) fn init_data_dir(cfg: &Config) -> std::io::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let id = Identity { node_id: cfg.node_id, cluster_id: cfg.cluster_id.clone() };
     let tmp = cfg.data_dir.join(format!("{IDENTITY_FILE}.tmp"));

@@ -180,3 +180,86 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::read_contents;
+    use openraft::storage::IOFlushed;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(openraft::impls::leader_id_adv::LeaderId::new(term, 1).to_committed(), index)
+    }
+
+    fn record(action: &str) -> Request {
+        Request {
+            request_id: action.into(),
+            actor: "alice".into(),
+            at_ms: 1000,
+            cmd: Command::Record { action: action.into(), details: serde_json::Value::Null },
+        }
+    }
+
+    /// A survivor that holds an entry it never applied (the leader died before telling it the
+    /// entry was committed, and may have acknowledged it): the recovery applies it, so nothing
+    /// the lost majority acknowledged is dropped; then the stores say "one voter, new term".
+    #[tokio::test]
+    async fn the_survivors_unapplied_entries_are_kept_and_it_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // Peers 2 and 3 at addresses where nothing listens: gone.
+        let cfg = Config::parse(
+            "n1.yaml",
+            &format!(
+                "node_id: 1\ncluster_id: c1\ndata_dir: {}\nlisten: 127.0.0.1:7001\ninitial_members:\n  - {{ id: 1, addr: \"127.0.0.1:7001\" }}\n  - {{ id: 2, addr: \"127.0.0.1:9\" }}\n  - {{ id: 3, addr: \"127.0.0.1:10\" }}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        crate::node::init_data_dir(&cfg).unwrap();
+        {
+            let mut log = LogStore::open(&data.join("raft-log.redb")).unwrap();
+            let mut sm = StateMachineStore::open(&data.join("state.redb")).unwrap();
+            let nodes = BTreeMap::from([
+                (1, Node { addr: "127.0.0.1:7001".into() }),
+                (2, Node { addr: "127.0.0.1:9".into() }),
+                (3, Node { addr: "127.0.0.1:10".into() }),
+            ]);
+            let three = openraft::Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap();
+            let entries = vec![
+                Entry::new_membership(log_id(1, 0), three),
+                Entry::new_normal(log_id(1, 1), record("test.applied")),
+                Entry::new_normal(log_id(1, 2), record("test.acknowledged")),
+            ];
+            log.append(entries.clone(), IOFlushed::noop()).await.unwrap();
+            log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+            apply(&mut sm, entries[..2].to_vec()).await.unwrap();
+            sm.flush().await.unwrap();
+        }
+
+        let r = force_new_cluster(&cfg, "sre").await.unwrap();
+        assert_eq!(
+            (r.previous_voters.clone(), r.applied_before, r.replayed, r.term, r.index),
+            (vec![1, 2, 3], 1, 1, 2, 4),
+            "{r:?}"
+        );
+        assert!(r.backup.join("state.redb").is_file(), "the data dir was copied aside first");
+
+        let db = redb::Database::open(data.join("state.redb")).unwrap();
+        let c = read_contents(&db).unwrap();
+        let actions: Vec<&str> = c.audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            vec!["cluster.membership", "test.applied", "test.acknowledged", "cluster.recovered", "cluster.membership"]
+        );
+        assert_eq!(c.last_applied, Some(log_id(2, 4)));
+        drop(db);
+        let mut sm = StateMachineStore::open(&data.join("state.redb")).unwrap();
+        let (_, m) = sm.applied_state().await.unwrap();
+        assert_eq!(m.membership().voter_ids().collect::<Vec<_>>(), vec![1]);
+        let mut log = LogStore::open(&data.join("raft-log.redb")).unwrap();
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!((st.last_purged_log_id, st.last_log_id), (Some(log_id(2, 4)), Some(log_id(2, 4))));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
+    }
+}
