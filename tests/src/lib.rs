@@ -27,6 +27,9 @@
 //!
 //! PostgreSQL and PowerDNS come from Debian packages that `scripts/test` installs.
 //!
+//! [`sandbox`] assembles the same pieces into the newcomer's sandbox (`scripts/sandbox`, binary
+//! `drcut-sandbox`), with the sample casino app (`drcut-casino`) and a few players.
+//!
 //! # Addresses
 //!
 //! Every test owns an address block `B` so tests run in parallel under nextest: node `N`
