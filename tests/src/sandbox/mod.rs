@@ -116,6 +116,10 @@ pub fn up(opt: &Options) -> Result<i32> {
     }
     let child = cmd.spawn().context("starting the sandbox supervisor")?;
     std::fs::write(dir.join(PID), format!("{}\n", child.id()))?;
+    println!(
+        "==> the sandbox runs in the background (pid {}); Ctrl-C here only stops watching, `scripts/sandbox down` stops it",
+        child.id()
+    );
     follow(dir, child.id())
 }
 
