@@ -593,7 +593,7 @@ fn pg_bin_dir() -> Result<PathBuf> {
 }
 
 /// The `postgres` user's ids when running as root (PostgreSQL refuses root), else `None`.
-fn postgres_owner() -> Result<Option<(u32, u32)>> {
+pub(crate) fn postgres_owner() -> Result<Option<(u32, u32)>> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);

@@ -78,6 +78,9 @@ impl Drop for Down {
 async fn sandbox_cuts_over_drills_stays_up_and_goes_away() -> Result<()> {
     drcut_tests::init_tracing();
     let tmp = tempfile::tempdir()?;
+    // PostgreSQL runs as `postgres` when the suite runs as root: it must get through (0700 by
+    // default; the sandbox refuses a dir it cannot reach).
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let dir = tmp.path().join("sandbox");
     let _down = Down(dir.clone());
 

@@ -24,7 +24,18 @@ fn parse() -> Result<(String, Options)> {
     Ok((cmd.unwrap_or_else(|| "up".into()), opt))
 }
 
-fn main() -> Result<()> {
+fn main() {
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            // The message alone: it names the problem; a backtrace would bury it.
+            eprintln!("drcut-sandbox: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run() -> Result<i32> {
     let (cmd, opt) = parse()?;
     let code = match cmd.as_str() {
         "up" => sandbox::up(&opt)?,
@@ -40,5 +51,5 @@ fn main() -> Result<()> {
             0
         }
     };
-    std::process::exit(code)
+    Ok(code)
 }

@@ -87,6 +87,7 @@ pub fn up(opt: &Options) -> Result<i32> {
         remove(dir)?;
     }
     // The servers run as `postgres` when this runs as root: they must be able to enter the dirs.
+    reachable_by_postgres(dir)?;
     std::fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
     chmod_755(dir)?;
     chmod_755(&dir.join("tmp"))?;
@@ -121,6 +122,30 @@ pub fn up(opt: &Options) -> Result<i32> {
         child.id()
     );
     follow(dir, child.id())
+}
+
+/// As root, PostgreSQL runs as `postgres`, which must be able to pass through every existing
+/// parent of `dir`; refuses (changing nothing) with the parent that stops it.
+fn reachable_by_postgres(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some((uid, gid)) = crate::pg::postgres_owner()? else { return Ok(()) };
+    for parent in dir.ancestors().skip(1).filter(|p| p.exists()) {
+        let m = std::fs::metadata(parent)?;
+        let x = if m.uid() == uid {
+            m.mode() & 0o100
+        } else if m.gid() == gid {
+            m.mode() & 0o010
+        } else {
+            m.mode() & 0o001
+        };
+        anyhow::ensure!(
+            x != 0,
+            "PostgreSQL runs as the postgres user, which cannot enter {} (mode {:o}): pick a --dir it can reach, e.g. under /tmp",
+            parent.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Prints the supervisor's progress as it comes, until it is ready (0), says it failed (1) or
