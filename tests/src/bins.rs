@@ -24,7 +24,7 @@ pub fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
     let dir = exe.parent().with_context(|| format!("no dir above {}", exe.display()))?;
     // Test executables live in target/<profile>/deps; the harness's own binaries (bench,
-    // demo) beside the others in target/<profile>.
+    // sandbox) beside the others in target/<profile>.
     let dir = if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir };
     Ok(dir.to_path_buf())
 }

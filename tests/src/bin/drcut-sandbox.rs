@@ -21,6 +21,8 @@ fn parse() -> Result<(String, Options)> {
             other => bail!("unknown argument {other:?}; usage: drcut-sandbox [up|down|status] [--dir DIR] [--block B]"),
         }
     }
+    // Absolute, so the supervisor is recognised by its command line from any directory.
+    opt.dir = std::path::absolute(&opt.dir).with_context(|| format!("--dir {}", opt.dir.display()))?;
     Ok((cmd.unwrap_or_else(|| "up".into()), opt))
 }
 

@@ -50,8 +50,14 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn read_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()
+/// The live supervisor of the sandbox in `dir`, if any. The pid file alone is not trusted: after
+/// a reboot its number may belong to another process, which must never be signalled.
+fn running_supervisor(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.contains(&b"supervise".as_slice()) && args.contains(&dir.as_os_str().as_encoded_bytes());
+    (ours && alive(pid)).then_some(pid)
 }
 
 fn chmod_755(p: &Path) -> Result<()> {
@@ -63,9 +69,7 @@ fn chmod_755(p: &Path) -> Result<()> {
 /// `up`: starts the sandbox, or reports the one already running. Returns the exit code.
 pub fn up(opt: &Options) -> Result<i32> {
     let dir = &opt.dir;
-    if let Some(pid) = read_pid(dir)
-        && alive(pid)
-    {
+    if let Some(pid) = running_supervisor(dir) {
         if let Ok(text) = std::fs::read_to_string(dir.join(READY)) {
             println!(
                 "==> the sandbox is already up (supervisor pid {pid}, {}); nothing started twice.\n",
@@ -200,7 +204,7 @@ fn follow(dir: &Path, pid: u32) -> Result<i32> {
 /// `down`: stops the supervisor (which stops everything) and removes the sandbox dir.
 pub fn down(opt: &Options) -> Result<()> {
     let dir = &opt.dir;
-    let Some(pid) = read_pid(dir) else {
+    let Some(pid) = running_supervisor(dir) else {
         if dir.exists() {
             remove(dir)?;
             println!("no sandbox was running; removed {}", dir.display());
@@ -209,7 +213,7 @@ pub fn down(opt: &Options) -> Result<()> {
         }
         return Ok(());
     };
-    if alive(pid) {
+    {
         println!("==> stopping the sandbox (supervisor pid {pid})");
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -237,7 +241,7 @@ fn remove(dir: &Path) -> Result<()> {
 
 /// `status`: `drctl status` against the running sandbox.
 pub fn status(opt: &Options) -> Result<i32> {
-    if !read_pid(&opt.dir).is_some_and(alive) {
+    if running_supervisor(&opt.dir).is_none() {
         println!("no sandbox is running at {} (start one: scripts/sandbox)", opt.dir.display());
         return Ok(1);
     }
