@@ -123,6 +123,11 @@ impl Engine {
 fn command(rec: &RunRecord, w: &Work, token: u64) -> Option<(String, StepCommand)> {
     let step = rec.run.plan.steps.get(w.step)?;
     let act = rec.run.action_for(w)?;
+    // An approval waits on the coordinator, bounded by the step's timeout, for `ApproveRun`
+    // by someone other than the requester: no agent has anything to do.
+    if act.action == "approval" {
+        return None;
+    }
     Some((
         act.region.clone(),
         StepCommand {
@@ -186,9 +191,7 @@ async fn tick(app: &AppRef, term: u64) {
                 commit(app, &id, RunOp::Hold { reason }).await
             }
             Decision::Wait(_) => {
-                if let Some(f) = &rec.run.in_flight
-                    && rec.run.waiting_approval_step().is_none()
-                {
+                if let Some(f) = &rec.run.in_flight {
                     let key = (id.clone(), term, f.work.clone());
                     let fresh = !app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).contains(&key);
                     if fresh && send(app, &rec, &f.work, app.engine.token(term)) {
@@ -197,30 +200,19 @@ async fn tick(app: &AppRef, term: u64) {
                 }
                 Ok(())
             }
-            Decision::Dispatch { work, act, .. } => {
-                if act.action == "approval" {
-                    // Nothing to send: the attempt waits, bounded by the step's timeout, for
-                    // `ApproveRun` by someone other than the requester.
-                    let token = app.engine.token(term);
-                    commit(app, &id, RunOp::Dispatch { work, token }).await
-                } else {
-                    let token = app.engine.token(term);
-                    match commit(app, &id, RunOp::Dispatch { work: work.clone(), token }).await {
-                        Ok(()) => {
-                            if let Some(rec) = app.view.run(&id)
-                                && rec.run.in_flight.as_ref().is_some_and(|f| f.work == work)
-                                && send(app, &rec, &work, token)
-                            {
-                                app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).insert((
-                                    id.clone(),
-                                    term,
-                                    work,
-                                ));
-                            }
-                            Ok(())
+            Decision::Dispatch { work, .. } => {
+                let token = app.engine.token(term);
+                match commit(app, &id, RunOp::Dispatch { work: work.clone(), token }).await {
+                    Ok(()) => {
+                        if let Some(rec) = app.view.run(&id)
+                            && rec.run.in_flight.as_ref().is_some_and(|f| f.work == work)
+                            && send(app, &rec, &work, token)
+                        {
+                            app.engine.sent.lock().unwrap_or_else(|p| p.into_inner()).insert((id.clone(), term, work));
                         }
-                        Err(e) => Err(e),
+                        Ok(())
                     }
+                    Err(e) => Err(e),
                 }
             }
             Decision::TimedOut(work) => {

@@ -61,11 +61,10 @@ pub async fn force_new_cluster(cfg: &Config, actor: &str) -> Result<Recovered, N
     let tls = crate::tls::from_config(cfg)?;
     let dialer = crate::network::Dialer::tcp().with_tls(tls.as_ref().map(|t| t.client.clone()));
 
-    // Read the membership first (and let go of the files before copying them).
-    let (membership, _) = {
+    // Read the membership first (and let go of the file before copying it).
+    let membership = {
         let mut sm = open_store(cfg, "state.redb", StateMachineStore::open)?;
-        let (applied, m) = sm.applied_state().await.map_err(io)?;
-        (m, applied)
+        sm.applied_state().await.map_err(io)?.1
     };
     let previous_voters: Vec<NodeId> = membership.membership().voter_ids().collect();
     let others: BTreeMap<NodeId, String> = membership

@@ -518,7 +518,8 @@ fn pidfile_postmaster(server: &PgServer) -> Option<i32> {
     (pid_alive(pid) && cwd == std::fs::canonicalize(&server.data).ok()?).then_some(pid)
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub(crate) fn pid_alive(pid: i32) -> bool {
     // A zombie has exited: its /proc stat state is Z.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),

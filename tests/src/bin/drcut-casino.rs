@@ -261,44 +261,34 @@ async fn spin(State(app): State<Shared>, b: Bytes) -> Response {
     }
 }
 
+/// A yes/no question to the database, asked only outside maintenance; the refusal otherwise.
+async fn ask(app: &App, sql: &str) -> Result<bool, Response> {
+    guard(app).map_err(IntoResponse::into_response)?;
+    let c = app.db().await.map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    c.query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, db_error(e)))
+}
+
 /// 200 when the database answers (a standby answers too: the region is healthy, just not
 /// active); 503 in maintenance or when the database does not answer.
 async fn health(State(app): State<Shared>) -> Response {
-    if let Err(r) = guard(&app) {
-        return r.into_response();
-    }
-    let r = async {
-        let c = app.db().await?;
-        c.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0)).map_err(db_error)
-    }
-    .await;
-    match r {
+    match ask(&app, "SELECT pg_is_in_recovery()").await {
         Ok(standby) => {
             ok(json!({ "status": "ok", "region": app.region, "database": if standby { "standby" } else { "primary" } }))
-                .into_response()
         }
-        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(refused) => refused,
     }
 }
 
 /// Whether a journey would work here now: not in maintenance and the database a primary that
 /// takes writes (a fenced primary is read-only). What a `smoke` step's GET asks.
 async fn ready(State(app): State<Shared>) -> Response {
-    if let Err(r) = guard(&app) {
-        return r.into_response();
-    }
-    let r = async {
-        let c = app.db().await?;
-        c.query_one("SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on'", &[])
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .map_err(db_error)
-    }
-    .await;
-    match r {
+    match ask(&app, "SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on'").await {
         Ok(false) => ok(json!({ "ready": true, "region": app.region })),
         Ok(true) => refuse(StatusCode::SERVICE_UNAVAILABLE, "database: read-only here (a standby or fenced)"),
-        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(refused) => refused,
     }
 }
 

@@ -212,8 +212,7 @@ impl Player {
     async fn request(&self, path: &str, body: Value) -> Outcome {
         let ip = match crate::pdns::query_a_at(&self.resolver, APP_NAME).await {
             Ok(ips) if !ips.is_empty() => ips[0],
-            Ok(_) => return Outcome::Failed("DNS: no answer".into()),
-            Err(_) => return Outcome::Failed("DNS: no answer".into()),
+            _ => return Outcome::Failed("DNS: no answer".into()),
         };
         let url = format!("http://{ip}:{}{path}", super::world::CASINO_PORT);
         let send = self.http.post(url).body(body.to_string()).timeout(Duration::from_secs(2)).send();

@@ -41,13 +41,8 @@ const FAILED: &str = "failed";
 /// How long `up` follows a supervisor before giving up on it.
 const UP_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Whether process `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    crate::pg::pid_alive(pid as i32)
 }
 
 /// The live supervisor of the sandbox in `dir`, if any. The pid file alone is not trusted: after
