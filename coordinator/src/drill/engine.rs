@@ -107,6 +107,15 @@ pub fn new_id(drill: &str, at_ms: i64) -> String {
     format!("drill-{drill}-{}", s.trim_end_matches('Z'))
 }
 
+/// `id`, or `id-2`, `id-3`… when a run already has it: ids have whole seconds, and a drill
+/// that ends quickly can be started again within the same second.
+pub fn free_id(app: &AppRef, id: String) -> String {
+    if app.view.drill_run(&id).is_none() {
+        return id;
+    }
+    (2..).map(|n| format!("{id}-{n}")).find(|c| app.view.drill_run(c).is_none()).expect("an unused suffix")
+}
+
 /// A new drill run record for `spec` (stored as `stored`).
 pub fn new_run(stored: &crate::command::StoredDrill, spec: Drill, trigger: Trigger, now: i64) -> DrillRun {
     DrillRun {
@@ -190,7 +199,8 @@ async fn schedule_tick(app: &AppRef, now: i64) {
             super::schedule::Due::Fire { .. } if busy => continue,
             super::schedule::Due::Fire { occurrence_ms, late } => {
                 tracing::info!(drill = %stored.name, occurrence_ms, late, "drill fired by its schedule");
-                let rec = new_run(&stored, spec.clone(), Trigger::Schedule { occurrence_ms, late }, now);
+                let mut rec = new_run(&stored, spec.clone(), Trigger::Schedule { occurrence_ms, late }, now);
+                rec.id = free_id(app, rec.id);
                 Command::StartDrill { record: Box::new(rec) }
             }
         };

@@ -142,7 +142,8 @@ pub async fn run(
     }
     // A retried request (same idempotency key) gets the first answer from the state machine.
     let trigger = Trigger::Manual { by: ctx.actor.clone() };
-    let rec = drill::engine::new_run(&stored, spec, trigger, crate::clock::now_ms());
+    let mut rec = drill::engine::new_run(&stored, spec, trigger, crate::clock::now_ms());
+    rec.id = drill::engine::free_id(app, rec.id);
     let id = rec.id.clone();
     let resp = super::runs::write(app, ctx, Command::StartDrill { record: Box::new(rec) }).await?;
     let id = match resp.outcome {
