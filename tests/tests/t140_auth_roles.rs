@@ -1,7 +1,8 @@
 //! API tokens and roles on `Control`: every method × every role allowed or refused as designed
 //! (methods read from the proto descriptor, so a new RPC without a role fails here), wrong and
 //! expired tokens refused without echoing them and audited, region scope, the two-person rule
-//! with identities nobody can fake, rate limits, drctl with tokens, and open mode said loudly.
+//! with identities nobody can fake, rate limits, drctl with tokens, open mode said loudly, and
+//! open streams (gRPC and drctl) ended, audited, once their token is revoked or expires.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -344,6 +345,105 @@ async fn open_mode_is_said_loudly() -> Result<()> {
     ensure!(out.code == Some(0), "{out}");
     let entries = c.client(1)?.list_audit(pb::ListAuditRequest::default()).await?.into_inner().entries;
     ensure!(entries.iter().any(|e| e.actor == "mallory"), "{entries:?}");
+    c.finish();
+    Ok(())
+}
+
+/// Waits for the end of a server stream (skipping what it sends) and returns the status it
+/// ended with.
+async fn stream_end<T>(who: &str, s: &mut tonic::Streaming<T>, within: Duration) -> Result<tonic::Status> {
+    let end = async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    };
+    tokio::time::timeout(within, end)
+        .await
+        .with_context(|| format!("{who}'s stream still open after {within:?}"))?
+        .with_context(|| format!("{who}'s stream ended without a status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_token_is_revoked_or_expires() -> Result<()> {
+    let p = TestPrincipals::new()
+        .add("alice", &["viewer"], &[])
+        .add("bob", &["viewer"], &[])
+        .add("carol", &["viewer"], &[])
+        .add("dave", &["viewer"], &[])
+        .add("erin", &["viewer"], &[])
+        .add("lead", &["operator", "approver"], &[]);
+    let c = Cluster::builder(142).nodes(1).with_auth(&p, None).start().await?;
+    c.wait_leader(&[1]).await?;
+    c.add_region(1, "r-west").await?;
+    c.add_region(1, "r-central").await?;
+    let mut client = c.client(1)?;
+    let req = c.request(pb::ApplyPlaybookRequest { ctx: None, file: "auth.yaml".into(), text: PLAYBOOK.into() });
+    client.apply_playbook(req).await.context("apply")?;
+    let run = client.start_cutover(with_token(start_request("auth-cutover", ""), p.token("lead"))).await?.into_inner();
+    ensure!(run.state == "awaiting_approval", "{run:?}");
+
+    let health = |who: &str| with_token(pb::WatchHealthRequest::default(), p.token(who));
+    let mut alice = client.watch_health(health("alice")).await?.into_inner();
+    let mut carol = client.watch_health(health("carol")).await?.into_inner();
+    let mut dave = client.watch_health(health("dave")).await?.into_inner();
+    let watch = pb::GetRunRequest { run_id: run.run_id.clone() };
+    let mut bob = client.watch_run(with_token(watch, p.token("bob"))).await?.into_inner();
+    ensure!(bob.message().await?.is_some_and(|r| r.run_id == run.run_id), "bob sees the run first");
+
+    // erin watches health with drctl, which must stop (not reconnect forever) once refused.
+    let ep = c.endpoints(&[1]);
+    let erin = p.token("erin").to_string();
+    let drctl = tokio::spawn(async move {
+        drcut_tests::process::drctl_env(["--endpoint", ep.as_str(), "health", "watch"], &[("DRCUT_TOKEN", &erin)]).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    tracing::info!("--- one edit of the file: alice's, bob's and erin's tokens revoked, dave's expires soon");
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3);
+    let expires = humantime::format_rfc3339_seconds(expires).to_string();
+    let dave_hash = drcut_coordinator::auth::token_hash(p.token("dave"));
+    let file = c.dir().join("principals.yaml");
+    let text = std::fs::read_to_string(&file)?;
+    let alice_hash = drcut_coordinator::auth::token_hash(p.token("alice"));
+    let bob_hash = drcut_coordinator::auth::token_hash(p.token("bob"));
+    let erin_hash = drcut_coordinator::auth::token_hash(p.token("erin"));
+    let other = |n: usize| drcut_coordinator::auth::token_hash(&format!("replacement-{n}"));
+    let edited = text
+        .replace(&alice_hash, &other(1))
+        .replace(&bob_hash, &other(2))
+        .replace(&erin_hash, &other(3))
+        .replace(&format!("sha256: {dave_hash}\n"), &format!("sha256: {dave_hash}\n        expires: {expires}\n"));
+    ensure!(edited.contains(&other(1)) && edited.contains(&other(2)), "edit applied:\n{edited}");
+    ensure!(edited.contains(&format!("expires: {expires}")), "edit applied:\n{edited}");
+    std::fs::write(&file, edited)?;
+
+    let e = stream_end("alice", &mut alice, Duration::from_secs(5)).await?;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains("of alice was revoked"), "{e:?}");
+    ensure!(e.message().starts_with("WatchHealth: stream ended"), "{e:?}");
+    let e = stream_end("bob", &mut bob, Duration::from_secs(5)).await?;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains("WatchRun: stream ended"), "{e:?}");
+    wait_audited(&c, "auth.denied", "alice", "\"call\":\"WatchHealth\"").await?;
+    wait_audited(&c, "auth.denied", "bob", "\"call\":\"WatchRun\"").await?;
+    let out = drctl.await??;
+    ensure!(
+        out.code == Some(1) && out.stderr.contains("stream ended") && out.stderr.contains("of erin was revoked"),
+        "{out}"
+    );
+
+    tracing::info!("--- dave's token expires at {expires}: his stream ends then, carol's goes on");
+    let e = stream_end("dave", &mut dave, Duration::from_secs(10)).await?;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains(&format!("expired at {expires}")), "{e:?}");
+    ensure!(std::time::SystemTime::now() >= humantime::parse_rfc3339(&expires)?, "ended before the expiry");
+    ensure!(stream_end("carol", &mut carol, Duration::from_secs(2)).await.is_err(), "carol's stream ended");
+    wait_audited(&c, "auth.denied", "dave", "\"call\":\"WatchHealth\"").await?;
+
+    tracing::info!("--- a revoked token cannot open a new stream either");
+    let e = client.watch_health(health("alice")).await.expect_err("revoked");
+    ensure!(e.code() == Code::Unauthenticated, "{e:?}");
     c.finish();
     Ok(())
 }

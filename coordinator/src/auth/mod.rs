@@ -141,7 +141,7 @@ impl Auth {
         if !self.enabled() {
             let name = declared.filter(|d| !d.is_empty()).unwrap_or("anonymous").to_string();
             let roles = vec![Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
-            return Ok(Principal { name, roles, regions: Default::default() });
+            return Ok(Principal { name, roles, regions: Default::default(), credential: None });
         }
         let Some(token) = bearer.filter(|t| !t.is_empty()) else {
             return Err(Denial {
@@ -150,18 +150,28 @@ impl Auth {
                 message: "no API token: send `authorization: Bearer <token>` (drctl --token or DRCUT_TOKEN)".into(),
             });
         };
-        self.principals().authenticate(token, SystemTime::now()).map_err(|r| match r {
-            TokenRefusal::Unknown => Denial {
+        self.principals()
+            .authenticate(token, SystemTime::now())
+            .map_err(|r| refusal(r, "is not known to this cluster (revoked, mistyped or for another cluster)"))
+    }
+
+    /// Whether `p`, authenticated a while ago, may still make `call`: its token is still listed
+    /// for it and unexpired, and it still holds the role (the principals file may have changed
+    /// since). Open mode and principals without a token always may.
+    pub fn recheck(&self, p: &Principal, call: &str) -> Result<(), Denial> {
+        let Some(h) = p.credential.filter(|_| self.enabled()) else { return Ok(()) };
+        let fresh = self
+            .principals()
+            .authenticate_hash(&h, SystemTime::now())
+            .map_err(|r| Denial { who: p.name.clone(), ..refusal(r, &format!("of {} was revoked", p.name)) })?;
+        if fresh.name != p.name {
+            return Err(Denial {
                 code: tonic::Code::Unauthenticated,
-                who: "unknown token".into(),
-                message: "the API token is not known to this cluster (revoked, mistyped or for another cluster)".into(),
-            },
-            TokenRefusal::Expired { principal, at } => Denial {
-                code: tonic::Code::Unauthenticated,
-                message: format!("the API token of {principal} expired at {at}; ask an admin for a new one"),
-                who: principal,
-            },
-        })
+                who: p.name.clone(),
+                message: format!("the API token of {} now belongs to {}; open the stream again", p.name, fresh.name),
+            });
+        }
+        self.authorize(&fresh, call)
     }
 
     /// Whether `p` may make `call`.
@@ -244,6 +254,65 @@ impl Auth {
     }
 }
 
+/// How often a long-lived stream checks again the token that opened it.
+pub const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The right to keep a server stream (WatchRun, WatchHealth, the console's live view) open: the
+/// token that opened it is checked again every [`STREAM_RECHECK`], so a revoked or expired token,
+/// or a role taken away, ends the stream (audited) instead of leaving it open for as long as
+/// the client likes.
+pub struct StreamGrant {
+    app: AppRef,
+    principal: Option<Principal>,
+    call: &'static str,
+    next: tokio::time::Instant,
+}
+
+impl StreamGrant {
+    /// The grant of `principal` (the one the auth layer admitted) for `call`.
+    pub fn new(app: &AppRef, principal: Option<Principal>, call: &'static str) -> StreamGrant {
+        let principal = principal.filter(|p| p.credential.is_some() && app.auth.enabled());
+        // Nothing to check again (open mode): never due.
+        let wait = if principal.is_some() { STREAM_RECHECK } else { std::time::Duration::from_secs(365 * 86400) };
+        StreamGrant { app: app.clone(), principal, call, next: tokio::time::Instant::now() + wait }
+    }
+
+    /// When the next check is due: a stream waiting for news wakes up then.
+    pub fn due(&self) -> tokio::time::Instant {
+        self.next
+    }
+
+    /// Checks again when due. `Err` is the status to end the stream with; the refusal is audited.
+    pub fn check(&mut self) -> Result<(), tonic::Status> {
+        let now = tokio::time::Instant::now();
+        let Some(p) = self.principal.as_ref().filter(|_| now >= self.next) else { return Ok(()) };
+        self.next = now + STREAM_RECHECK;
+        self.app.auth.recheck(p, self.call).map_err(|d| {
+            audit_denied(&self.app, self.call, &d, None);
+            let mut d = d;
+            d.message = format!("{}: stream ended: {}", self.call, d.message);
+            d.to_status()
+        })
+    }
+}
+
+/// What a caller is told about a token that is not accepted; `unknown` completes "the API token
+/// …" for a token no principal lists.
+fn refusal(r: TokenRefusal, unknown: &str) -> Denial {
+    match r {
+        TokenRefusal::Unknown => Denial {
+            code: tonic::Code::Unauthenticated,
+            who: "unknown token".into(),
+            message: format!("the API token {unknown}"),
+        },
+        TokenRefusal::Expired { principal, at } => Denial {
+            code: tonic::Code::Unauthenticated,
+            message: format!("the API token of {principal} expired at {at}; ask an admin for a new one"),
+            who: principal,
+        },
+    }
+}
+
 fn load(file: &std::path::Path) -> Result<(Option<SystemTime>, Principals), PrincipalsError> {
     let name = file.display().to_string();
     let meta = std::fs::metadata(file).ok();
@@ -302,5 +371,64 @@ async fn record(app: &AppRef, actor: &str, action: &str, details: serde_json::Va
     };
     if let Err(e) = app.leader_call(LeaderRequest::Write(req), false).await {
         tracing::warn!("{action} not audited (no leader reachable): {}", e.message());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(entries: &[(&str, &str, Option<&str>)]) -> String {
+        let mut y = String::from("principals:\n");
+        for (name, token, expires) in entries {
+            y.push_str(&format!(
+                "  - name: {name}\n    roles: [viewer]\n    tokens:\n      - sha256: {}\n",
+                token_hash(token)
+            ));
+            if let Some(e) = expires {
+                y.push_str(&format!("        expires: {e}\n"));
+            }
+        }
+        y
+    }
+
+    /// Rewrites the file so its modification time surely changes (the reload keys on it).
+    fn rewrite(path: &std::path::Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(later).unwrap();
+    }
+
+    #[test]
+    fn a_stream_grant_holds_until_its_token_is_revoked_expires_or_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("principals.yaml");
+        rewrite(&path, &file(&[("alice", "t-alice", None), ("bob", "t-bob", None)]));
+        let auth = Auth::from_file(path.clone()).unwrap();
+        let alice = auth.authenticate(Some("t-alice"), None).unwrap();
+        assert_eq!(alice.credential.map(hex::encode), Some(token_hash("t-alice")));
+        assert_eq!(auth.recheck(&alice, "WatchRun"), Ok(()));
+
+        rewrite(&path, &file(&[("alice", "t-alice", Some("2001-01-01T00:00:00Z")), ("bob", "t-bob", None)]));
+        let d = auth.recheck(&alice, "WatchRun").unwrap_err();
+        assert_eq!((d.code, d.who.as_str()), (tonic::Code::Unauthenticated, "alice"));
+        assert!(d.message.contains("expired at 2001-01-01T00:00:00Z"), "{d:?}");
+
+        rewrite(&path, &file(&[("bob", "t-bob", None)]));
+        let d = auth.recheck(&alice, "WatchHealth").unwrap_err();
+        assert_eq!(d.who, "alice");
+        assert!(d.message.contains("of alice was revoked"), "{d:?}");
+
+        rewrite(&path, &file(&[("bob", "t-alice", None)]));
+        let d = auth.recheck(&alice, "WatchHealth").unwrap_err();
+        assert!(d.message.contains("now belongs to bob"), "{d:?}");
+    }
+
+    #[test]
+    fn open_mode_has_nothing_to_check_again() {
+        let auth = Auth::open();
+        let p = auth.authenticate(None, Some("ops")).unwrap();
+        assert_eq!((p.name.as_str(), p.credential), ("ops", None));
+        assert_eq!(auth.recheck(&p, "WatchRun"), Ok(()));
     }
 }

@@ -52,6 +52,9 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// The regions it may act on; empty = every region.
     pub regions: BTreeSet<String>,
+    /// The SHA-256 of the token it proved itself with (`None` in open mode): a long-lived stream
+    /// checks it again, so revoking or expiring that token ends the stream.
+    pub credential: Option<[u8; 32]>,
 }
 
 impl Principal {
@@ -147,14 +150,19 @@ impl Principals {
                 tokens.push(Token { hash, expires });
             }
             let regions: BTreeSet<String> = p.regions.into_iter().collect();
-            entries.push((Principal { name: p.name, roles: p.roles, regions }, tokens));
+            entries.push((Principal { name: p.name, roles: p.roles, regions, credential: None }, tokens));
         }
         Ok(Principals { entries })
     }
 
     /// The principal a bearer token belongs to, at time `now`.
     pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<Principal, TokenRefusal> {
-        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.authenticate_hash(&Sha256::digest(token.as_bytes()).into(), now)
+    }
+
+    /// The principal the token with SHA-256 `h` belongs to, at time `now` (what a stream opened
+    /// with that token checks again later).
+    pub fn authenticate_hash(&self, h: &[u8; 32], now: SystemTime) -> Result<Principal, TokenRefusal> {
         for (p, tokens) in &self.entries {
             // Constant-time comparison: a timing side channel on the hash would still leak nothing
             // useful, but comparing every byte costs nothing.
@@ -166,7 +174,7 @@ impl Principals {
                     let at = humantime::format_rfc3339_seconds(exp).to_string();
                     return Err(TokenRefusal::Expired { principal: p.name.clone(), at });
                 }
-                return Ok(p.clone());
+                return Ok(Principal { credential: Some(*h), ..p.clone() });
             }
         }
         Err(TokenRefusal::Unknown)

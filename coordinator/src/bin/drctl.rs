@@ -1174,6 +1174,12 @@ fn run_figures(rec: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Whether a watch refused with `e` should stop rather than reconnect (a node going away or a
+/// leader change is worth a retry; a missing run or a refused token is not).
+fn final_refusal(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::NotFound | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+}
+
 async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
     use futures::StreamExt;
     use std::io::IsTerminal;
@@ -1202,7 +1208,7 @@ async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
             .await
         {
             Ok(s) => s,
-            Err(e) if e.code() == tonic::Code::NotFound => return Err(e.into()),
+            Err(e) if final_refusal(&e) => return Err(e.into()),
             Err(e) => {
                 eprintln!("drctl: watch: {} (retrying)", e.message());
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1210,7 +1216,12 @@ async fn watch_run(cli: &Cli, client: &Client, run: &str) -> Result<(), Fail> {
             }
         };
         while let Some(item) = stream.next().await {
-            let Ok(info) = item else { break };
+            let info = match item {
+                Ok(info) => info,
+                // A revoked or expired token ends the stream: reconnecting cannot help.
+                Err(e) if final_refusal(&e) => return Err(e.into()),
+                Err(_) => break,
+            };
             let rec: Value = serde_json::from_str(&info.record_json).unwrap_or(Value::Null);
             let steps = rec["run"]["plan"]["steps"].as_array().cloned().unwrap_or_default();
             let history = rec["run"]["history"].as_array().cloned().unwrap_or_default();
@@ -1370,6 +1381,7 @@ async fn watch_health(cli: &Cli, client: &Client, from: u64, count: u64) -> Resu
         let stream = client.open_stream(|mut c| async move { c.watch_health(req).await }).await;
         let mut stream = match stream {
             Ok(s) => s,
+            Err(e) if final_refusal(&e) => return Err(e.into()),
             Err(e) => {
                 eprintln!("drctl: watch: {} (retrying)", e.message());
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1409,6 +1421,7 @@ async fn watch_health(cli: &Cli, client: &Client, from: u64, count: u64) -> Resu
                         return Ok(());
                     }
                 }
+                Err(e) if final_refusal(&e) => return Err(e.into()),
                 Err(e) => {
                     eprintln!("drctl: watch interrupted: {} (resuming at revision {next})", e.message());
                     break;

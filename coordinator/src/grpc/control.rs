@@ -1,6 +1,6 @@
 //! The client API: status, membership, regions, audit.
 
-use crate::auth::Principal;
+use crate::auth::{Principal, StreamGrant};
 use crate::command::{self, Command, Outcome, Rejection, Role};
 use crate::node::{AppRef, Ctx, LeaderReply, LeaderRequest};
 use crate::state::validate_region;
@@ -380,11 +380,16 @@ impl Control for ControlService {
             return Err(Status::not_found(format!("no run {id:?}")));
         }
         let view = self.app.view.clone();
+        let mut grant = StreamGrant::new(&self.app, principal(&req).cloned(), "WatchRun");
         let mut applied = view.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last = 0;
             loop {
+                if let Err(s) = grant.check() {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
                 if let Some(rec) = view.run(&id)
                     && rec.revision != last
                 {
@@ -396,6 +401,7 @@ impl Control for ControlService {
                 }
                 tokio::select! {
                     r = applied.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep_until(grant.due()) => {}
                     _ = tx.closed() => return,
                 }
             }
@@ -563,10 +569,15 @@ impl Control for ControlService {
         let view = self.app.view.clone();
         let from = req.get_ref().from_revision;
         let mut next = if from == 0 { view.core().audit_len + 1 } else { from };
+        let mut grant = StreamGrant::new(&self.app, principal(&req).cloned(), "WatchHealth");
         let mut applied = view.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
+                if let Err(s) = grant.check() {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
                 let page = match view.audit(next, 500).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -583,6 +594,7 @@ impl Control for ControlService {
                 if page.is_empty() {
                     tokio::select! {
                         r = applied.changed() => if r.is_err() { return },
+                        _ = tokio::time::sleep_until(grant.due()) => {}
                         _ = tx.closed() => return,
                     }
                 }
