@@ -70,7 +70,7 @@ pub struct AgentConfig {
     /// What GameDay drills may break on this host (see [`crate::faults`]).
     pub faults: FaultsConfig,
     /// Mutual TLS to the coordinators (the `tls:` section); plain text when `None`.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub tls: Option<std::sync::Arc<crate::tls::AgentTls>>,
 }
 
 /// The `faults:` section: the fault proxies the agent runs and the processes it may kill.
@@ -570,33 +570,21 @@ impl Ctx<'_> {
 
     /// The `tls:` section: the CA to verify coordinators with (they carry the DNS name
     /// `node.drcut.internal`) and this agent's certificate (`REGION.agent.drcut.internal`).
-    fn tls(&self, t: RawTls) -> Result<tonic::transport::ClientTlsConfig, ConfigError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let read = |v: Option<PathBuf>, field: &str, what: &str| -> Result<Vec<u8>, ConfigError> {
+    fn tls(&self, t: RawTls) -> Result<std::sync::Arc<crate::tls::AgentTls>, ConfigError> {
+        let path = |v: Option<PathBuf>, field: &str, what: &str| -> Result<PathBuf, ConfigError> {
             let p = v.ok_or_else(|| self.err(format!("tls.{field}"), format!("missing ({what}, a PEM file)")))?;
-            let full = self.base_dir.join(&p);
-            std::fs::read(&full)
-                .map_err(|e| self.err(format!("tls.{field}"), format!("{}: cannot read: {e}", full.display())))
+            let full = self.base_dir.join(p);
+            // Field by field, in order: the first unusable one is the one named.
+            std::fs::metadata(&full)
+                .map_err(|e| self.err(format!("tls.{field}"), format!("{}: cannot read: {e}", full.display())))?;
+            Ok(full)
         };
-        let ca = read(t.ca, "ca", "the cluster CA's certificate")?;
-        let cert = read(t.cert, "cert", "this agent's certificate")?;
-        let key = read(t.key, "key", "this agent's private key")?;
-        for (field, pem) in [("ca", &ca), ("cert", &cert)] {
-            let n = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.err(format!("tls.{field}"), format!("bad PEM: {e}")))?
-                .len();
-            if n == 0 {
-                return Err(self.err(format!("tls.{field}"), "no CERTIFICATE block in the file"));
-            }
-        }
-        PrivateKeyDer::from_pem_slice(&key)
-            .map_err(|e| self.err("tls.key", format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))?;
-        Ok(tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .identity(tonic::transport::Identity::from_pem(cert, key))
-            .domain_name("node.drcut.internal"))
+        let ca = path(t.ca, "ca", "the cluster CA's certificate")?;
+        let cert = path(t.cert, "cert", "this agent's certificate")?;
+        let key = path(t.key, "key", "this agent's private key")?;
+        crate::tls::AgentTls::open(ca, cert, key)
+            .map(std::sync::Arc::new)
+            .map_err(|(field, message)| self.err(format!("tls.{field}"), message))
     }
 
     /// The `faults:` section. A proxy listens on loopback only (a sidecar: the application on

@@ -75,12 +75,13 @@ pub struct Links {
 }
 
 /// The endpoint for a coordinator address: TLS with the agent's certificate when configured
-/// (a leader's redirect names a bare `host:port`, dialed the same way).
+/// (a leader's redirect names a bare `host:port`, dialed the same way), as the files hold it
+/// now, so a rotated certificate is presented from the next connection on.
 fn endpoint(cfg: &AgentConfig, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let host_port = addr.split_once("://").map(|(_, hp)| hp).unwrap_or(addr);
     let ep = match &cfg.tls {
         Some(tls) => {
-            tonic::transport::Endpoint::from_shared(format!("https://{host_port}"))?.tls_config(tls.clone())?
+            tonic::transport::Endpoint::from_shared(format!("https://{host_port}"))?.tls_config(tls.current())?
         }
         None => tonic::transport::Endpoint::from_shared(if addr.contains("://") {
             addr.to_string()

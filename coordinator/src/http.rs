@@ -13,20 +13,21 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 
 /// Serves HTTP on `listener` until the process ends; HTTPS when the node has a `tls:` section
 /// (`tls`), so API tokens typed into the console never cross the network in clear.
-pub async fn serve(app: AppRef, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+pub async fn serve(app: AppRef, listener: TcpListener, tls: Option<Arc<crate::tls::NodeTls>>) {
     let router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(crate::console::router())
         .with_state(app);
-    if let Some(acceptor) = tls {
-        return serve_tls(router, listener, acceptor).await;
+    if let Some(tls) = tls {
+        return serve_tls(router, listener, tls).await;
     }
     // The console records the peer address of refused calls.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -37,7 +38,7 @@ pub async fn serve(app: AppRef, listener: TcpListener, tls: Option<tokio_rustls:
 
 /// HTTPS: each connection's handshake in its own task (a stalled client never blocks the
 /// accept loop), then HTTP/1.1 with the peer address where the console's `ConnectInfo` finds it.
-async fn serve_tls(router: axum::Router, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+async fn serve_tls(router: axum::Router, listener: TcpListener, tls: Arc<crate::tls::NodeTls>) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -48,7 +49,8 @@ async fn serve_tls(router: axum::Router, listener: TcpListener, acceptor: tokio_
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        // The current certificate: a rotated one serves the next connection.
+        let (acceptor, router) = (tls.http_acceptor(), router.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,

@@ -53,7 +53,14 @@ pub type DialFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Conn>>
 #[derive(Clone, Default)]
 pub struct Dialer {
     custom: Option<Arc<dyn Fn(String) -> DialFuture + Send + Sync>>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<DialTls>,
+}
+
+/// The TLS a [`Dialer`] speaks: a fixed config (tools), or a node's, which follows its files.
+#[derive(Clone)]
+enum DialTls {
+    Fixed(ClientTlsConfig),
+    Node(Arc<crate::tls::NodeTls>),
 }
 
 impl Dialer {
@@ -70,7 +77,13 @@ impl Dialer {
     /// The same dialer speaking TLS with `tls` (when given): `https://`, the server verified as
     /// a node of the cluster's CA, this holder's certificate presented.
     pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
-        self.tls = tls;
+        self.tls = tls.map(DialTls::Fixed);
+        self
+    }
+
+    /// The same dialer speaking the node's TLS, whatever its files hold at the time of each dial.
+    pub fn with_node_tls(mut self, tls: Option<Arc<crate::tls::NodeTls>>) -> Self {
+        self.tls = tls.map(DialTls::Node);
         self
     }
 
@@ -79,8 +92,21 @@ impl Dialer {
             None => endpoint(addr),
             Some(tls) => {
                 let host_port = addr.split_once("://").map(|(_, hp)| hp).unwrap_or(addr);
-                endpoint(&format!("https://{host_port}"))?.tls_config(tls.clone())
+                let config = match tls {
+                    DialTls::Fixed(c) => c.clone(),
+                    DialTls::Node(n) => n.client(),
+                };
+                endpoint(&format!("https://{host_port}"))?.tls_config(config)
             }
+        }
+    }
+
+    /// Which TLS material new connections use (0 without TLS): a cached channel dialed under an
+    /// older generation presents a rotated-out certificate on its reconnects, so it is replaced.
+    pub fn generation(&self) -> u64 {
+        match &self.tls {
+            Some(DialTls::Node(n)) => n.generation(),
+            _ => 0,
         }
     }
 
@@ -127,7 +153,8 @@ impl tower_service::Service<Uri> for DialService {
 /// Builds channels to peers and caches one per address.
 #[derive(Clone, Default)]
 pub struct ChannelPool {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// With the dialer's TLS generation each was made under.
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Dial these nodes at another address (a fault proxy in tests, a NAT in production).
     overrides: Arc<HashMap<NodeId, String>>,
     dialer: Dialer,
@@ -156,12 +183,15 @@ impl ChannelPool {
 
     /// The cached channel to `addr` (`host:port`), created lazily on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let generation = self.dialer.generation();
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
+        if let Some((g, c)) = map.get(addr)
+            && *g == generation
+        {
             return Ok(c.clone());
         }
         let ch = self.dialer.lazy(addr)?;
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(addr.to_string(), (generation, ch.clone()));
         Ok(ch)
     }
 
@@ -172,8 +202,9 @@ impl ChannelPool {
     /// every RPC sent on it meanwhile just times out. The simulation measured followers stuck
     /// that long after a healed partition, so a timed-out RPC starts over on a fresh connection.
     pub fn renew(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let generation = self.dialer.generation();
         let ch = self.dialer.lazy(addr)?;
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), ch.clone());
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), (generation, ch.clone()));
         Ok(ch)
     }
 }

@@ -203,7 +203,7 @@ pub struct App {
     /// incident of its own).
     pub leader_changes: std::sync::atomic::AtomicU64,
     /// Mutual TLS (server side); `None` = plain text, machine links unauthenticated.
-    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
 }
 
 /// Shared handle.
@@ -474,7 +474,7 @@ where
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().map_err(|e| cfg.error("raft", e.to_string()))?);
-    let dialer = hooks.dialer.clone().with_tls(tls.as_ref().map(|t| t.client.clone()));
+    let dialer = hooks.dialer.clone().with_node_tls(tls.clone());
     let pool = ChannelPool::with_dialer(cfg.peer_dial_overrides.clone().into_iter().collect(), dialer);
     if tls.is_none() {
         tracing::warn!(
@@ -502,7 +502,7 @@ where
         engine: crate::engine::Engine::default(),
         auth,
         leader_changes: Default::default(),
-        tls: tls.as_ref().map(|t| t.server.clone()),
+        tls: tls.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -518,10 +518,13 @@ where
     tokio::spawn(health_ticker(app.clone(), Duration::from_millis(cfg.health.tick_ms)));
     tokio::spawn(crate::engine::run(app.clone()));
     tokio::spawn(crate::drill::engine::run(app.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(crate::tls::follow_files(app.clone(), tls.clone()));
+    }
     if let Some(addr) = cfg.http_listen {
         let l =
             TcpListener::bind(addr).await.map_err(|e| cfg.error("http_listen", format!("cannot bind {addr}: {e}")))?;
-        tokio::spawn(crate::http::serve(app.clone(), l, tls.as_ref().map(|t| t.http.clone())));
+        tokio::spawn(crate::http::serve(app.clone(), l, tls.clone()));
     }
 
     if on_files {

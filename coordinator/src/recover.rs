@@ -59,7 +59,7 @@ pub async fn force_new_cluster(cfg: &Config, actor: &str) -> Result<Recovered, N
         ));
     }
     let tls = crate::tls::from_config(cfg)?;
-    let dialer = crate::network::Dialer::tcp().with_tls(tls.as_ref().map(|t| t.client.clone()));
+    let dialer = crate::network::Dialer::tcp().with_node_tls(tls);
 
     // Read the membership first (and let go of the file before copying it).
     let membership = {

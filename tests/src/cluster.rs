@@ -389,6 +389,12 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Drops the cached clients, so the next ones read the harness's TLS files again (after a
+    /// test rotated them: a cached channel reconnects with the configuration it was made with).
+    pub fn forget_clients(&self) {
+        self.clients.lock().unwrap().clear();
+    }
+
     /// The harness principal's API token (a cluster built [`ClusterBuilder::with_auth`]).
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()

@@ -362,7 +362,8 @@ pub fn audit_denied(app: &AppRef, call: &str, d: &Denial, peer: Option<std::net:
     tokio::spawn(async move { record(&app, &who, "auth.denied", details).await });
 }
 
-async fn record(app: &AppRef, actor: &str, action: &str, details: serde_json::Value) {
+/// Appends an audit record by `actor` through the leader (logged, not retried, when none answers).
+pub(crate) async fn record(app: &AppRef, actor: &str, action: &str, details: serde_json::Value) {
     let req = crate::command::Request {
         request_id: String::new(),
         actor: actor.to_string(),

@@ -3,7 +3,7 @@
 //! vanishing. Each handshake runs in its own task under [`HANDSHAKE_TIMEOUT`]: a stalled client
 //! holds one task, never the accept loop.
 
-use super::ServerTls;
+use super::NodeTls;
 use crate::node::AppRef;
 use futures::Stream;
 use std::collections::HashMap;
@@ -104,7 +104,7 @@ fn peer_of<IO: Connected>(io: &IO) -> Option<SocketAddr> {
 
 /// Records a refused handshake: a log line always, an audit record when it is worth one and
 /// the peer was not audited in the last [`super::AUDIT_EVERY`].
-fn refused(app: &AppRef, tls: &ServerTls, peer: Option<SocketAddr>, f: Failure) {
+fn refused(app: &AppRef, tls: &NodeTls, peer: Option<SocketAddr>, f: Failure) {
     let who = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown peer".into());
     if f.audit && tls.should_audit(peer, f.kind) {
         let d = crate::auth::Denial { code: tonic::Code::Unauthenticated, who, message: f.reason };
@@ -122,7 +122,7 @@ pub struct TlsIncoming<I, IO> {
     done_tx: Option<mpsc::UnboundedSender<TlsStream<IO>>>,
     done: mpsc::UnboundedReceiver<TlsStream<IO>>,
     app: AppRef,
-    tls: Arc<ServerTls>,
+    tls: Arc<NodeTls>,
 }
 
 impl<I, IO, IE> TlsIncoming<I, IO>
@@ -131,7 +131,7 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
     /// Runs TLS handshakes on the connections `inner` yields.
-    pub fn new(app: AppRef, tls: Arc<ServerTls>, inner: I) -> Self {
+    pub fn new(app: AppRef, tls: Arc<NodeTls>, inner: I) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         TlsIncoming { inner: Some(Box::pin(inner)), done_tx: Some(tx), done: rx, app, tls }
     }
@@ -143,7 +143,7 @@ where
         let (app, tls) = (self.app.clone(), self.tls.clone());
         tokio::spawn(async move {
             let peer = peer_of(&io);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(io)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(io)).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send(stream);
                 }
