@@ -24,6 +24,8 @@ pub struct TestPrincipal {
     pub token: String,
     /// RFC 3339 expiry, if any.
     pub expires: Option<String>,
+    /// Client-certificate names that stand for it.
+    pub certificates: Vec<String>,
 }
 
 /// The principals of a test cluster.
@@ -64,6 +66,21 @@ impl TestPrincipals {
             regions: regions.iter().map(|r| r.to_string()).collect(),
             token: random_token(),
             expires: expires.map(str::to_string),
+            certificates: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds `name`, authenticated only by client certificates carrying one of `certificates`
+    /// (no token).
+    pub fn add_certificates(mut self, name: &str, roles: &[&str], certificates: &[&str]) -> Self {
+        self.list.push(TestPrincipal {
+            name: name.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            regions: Vec::new(),
+            token: String::new(),
+            expires: None,
+            certificates: certificates.iter().map(|c| c.to_string()).collect(),
         });
         self
     }
@@ -86,9 +103,14 @@ impl TestPrincipals {
             if !p.regions.is_empty() {
                 writeln!(y, "    regions: [{}]", p.regions.join(", ")).unwrap();
             }
-            writeln!(y, "    tokens:\n      - sha256: {}", token_hash(&p.token)).unwrap();
-            if let Some(e) = &p.expires {
-                writeln!(y, "        expires: {e}").unwrap();
+            if !p.token.is_empty() {
+                writeln!(y, "    tokens:\n      - sha256: {}", token_hash(&p.token)).unwrap();
+                if let Some(e) = &p.expires {
+                    writeln!(y, "        expires: {e}").unwrap();
+                }
+            }
+            if !p.certificates.is_empty() {
+                writeln!(y, "    certificates: [{}]", p.certificates.join(", ")).unwrap();
             }
         }
         y

@@ -291,3 +291,78 @@ async fn gen_certs_script_output_is_accepted() -> Result<()> {
     ensure!(drcut_coordinator::tls::is_node_cert(&node));
     Ok(())
 }
+
+/// Automation that holds a client certificate needs no token: a principal lists the
+/// certificate's name, and calls made with that certificate act as it (roles, audit actor),
+/// until the name is taken off the list, which also ends its open streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_stand_for_principals() -> Result<()> {
+    use drcut_tests::auth::TestPrincipals;
+    let p = TestPrincipals::new().add("eve", &["viewer"], &[]).add_certificates(
+        "ci",
+        &["operator"],
+        &["ci.clients.drcut.internal"],
+    );
+    let cluster = Cluster::builder(148).nodes(1).with_tls().with_auth(&p, None).start().await?;
+    cluster.wait_leader(&[1]).await?;
+    let pki = cluster.pki().context("tls cluster")?;
+    let dir = cluster.dir().join("tls");
+    let ci = TlsFiles { ca: pki.client.ca.clone(), ..pki.ca.write(&dir, "ci", &pki.ca.client("ci")?)? };
+    let stranger =
+        TlsFiles { ca: pki.client.ca.clone(), ..pki.ca.write(&dir, "stranger", &pki.ca.client("stranger")?)? };
+    let wild = pki.ca.issue("wild", &["*.clients.drcut.internal".to_string()], &[], false)?;
+    let wild = TlsFiles { ca: pki.client.ca.clone(), ..pki.ca.write(&dir, "wild", &wild)? };
+    let ep = cluster.endpoints(&[1]);
+    let drctl = |files: &TlsFiles, args: &[&str]| {
+        let mut all = files.drctl_args();
+        all.extend(["--endpoint".to_string(), ep.clone()]);
+        all.extend(args.iter().map(|a| a.to_string()));
+        drcut_tests::process::drctl(all)
+    };
+
+    tracing::info!("--- ci's certificate is enough: it acts as ci, with ci's roles");
+    let out = drctl(&ci, &["status"]).await?;
+    ensure!(out.code == Some(0) && out.stdout.contains("you are ci (operator"), "{out}");
+    let out = drctl(&ci, &["region", "add", "eu-west"]).await?;
+    ensure!(out.code == Some(1) && out.stderr.contains("AddRegion needs the admin role; ci has operator"), "{out}");
+    wait::until("ci's refusal audited as ci", Duration::from_secs(10), async || {
+        let d = denials(&cluster).await?;
+        ensure!(d.iter().any(|d| d["who"] == "ci" && d["call"] == "AddRegion"), "{d:?}");
+        Ok(())
+    })
+    .await?;
+
+    tracing::info!("--- a certificate no principal lists, or a wildcard one, is not enough");
+    for (who, files) in [("stranger", &stranger), ("wildcard", &wild)] {
+        let out = drctl(files, &["status"]).await?;
+        ensure!(out.code == Some(1) && out.stderr.contains("stands for no principal"), "{who}: {out}");
+    }
+    // A token still works with any certificate, and wins.
+    let out = drctl(&stranger, &["--token", p.token("eve"), "status"]).await?;
+    ensure!(out.code == Some(0) && out.stdout.contains("you are eve"), "{out}");
+
+    tracing::info!("--- ci's name is taken off the list: its open stream ends, new calls are refused");
+    let ch = channel(cluster.addr(1), Some(&ci), "127.0.148.60").await?;
+    let mut control = drcut_proto::v1::control_client::ControlClient::new(ch);
+    let mut stream = control.watch_health(drcut_proto::v1::WatchHealthRequest::default()).await?.into_inner();
+    let file = cluster.dir().join("principals.yaml");
+    let text = std::fs::read_to_string(&file)?;
+    std::fs::write(&file, text.replace("[ci.clients.drcut.internal]", "[ci-next.clients.drcut.internal]"))?;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .context("ci's stream still open")?
+    .context("ci's stream ended without a status")?;
+    ensure!(end.code() == tonic::Code::Unauthenticated && end.message().contains("no longer stands for ci"), "{end:?}");
+    let out = drctl(&ci, &["status"]).await?;
+    ensure!(out.code == Some(1) && out.stderr.contains("stands for no principal"), "{out}");
+    cluster.finish();
+    Ok(())
+}

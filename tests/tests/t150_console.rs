@@ -39,6 +39,7 @@ fn people() -> TestPrincipals {
             regions: vec![],
             token: token.to_string(),
             expires: None,
+            certificates: vec![],
         })
         .collect();
     TestPrincipals { list }

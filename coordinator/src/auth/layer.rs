@@ -4,6 +4,7 @@
 
 use super::{Denial, Principal, audit_denied};
 use crate::node::AppRef;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -60,13 +61,19 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// Who is making a request (gRPC or console): the failed-sign-in limit of its address, its
-/// token, then its principal's rate limit.
-pub fn authenticate(app: &AppRef, headers: &http::HeaderMap, peer: Option<SocketAddr>) -> Result<Principal, Denial> {
+/// token or else its verified client certificate (`cert`, gRPC over TLS only), then its
+/// principal's rate limit.
+pub fn authenticate(
+    app: &AppRef,
+    headers: &http::HeaderMap,
+    peer: Option<SocketAddr>,
+    cert: Option<&CertificateDer<'_>>,
+) -> Result<Principal, Denial> {
     let auth = &app.auth;
     let ip = peer.map(|p| p.ip());
     auth.admit_peer(ip)?;
     let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok());
-    let p = auth.authenticate(bearer(headers), declared).inspect_err(|_| auth.note_failure(ip))?;
+    let p = auth.authenticate(bearer(headers), declared, cert).inspect_err(|_| auth.note_failure(ip))?;
     auth.admit(&p.name)?;
     Ok(p)
 }
@@ -77,14 +84,15 @@ pub fn check(
     method: &str,
     headers: &http::HeaderMap,
     peer: Option<SocketAddr>,
+    cert: Option<&CertificateDer<'_>>,
 ) -> Result<Principal, Denial> {
     let auth = &app.auth;
     if !auth.enabled() && super::required_role(method).is_none() {
         // Open mode: an unknown method is tonic's to answer (Unimplemented).
         let declared = headers.get("x-drcut-actor").and_then(|v| v.to_str().ok());
-        return auth.authenticate(None, declared);
+        return auth.authenticate(None, declared, None);
     }
-    let p = authenticate(app, headers, peer)?;
+    let p = authenticate(app, headers, peer, cert)?;
     auth.authorize(&p, method)?;
     Ok(p)
 }
@@ -113,10 +121,16 @@ where
             return Box::pin(inner.call(req));
         };
         // Plain TCP or TLS: the connect info tonic stores differs.
-        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).or_else(|| {
-            req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr())
-        });
-        match check(&self.app, &method, req.headers(), peer) {
+        let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+        let peer = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .or_else(|| tls.and_then(|i| i.get_ref().remote_addr()));
+        // The leaf of a client certificate rustls verified against the cluster CA.
+        let certs = tls.and_then(|i| i.peer_certs());
+        let cert = certs.as_ref().and_then(|c| c.first());
+        match check(&self.app, &method, req.headers(), peer, cert) {
             Ok(p) => {
                 req.extensions_mut().insert(p);
                 Box::pin(inner.call(req))

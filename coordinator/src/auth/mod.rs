@@ -8,7 +8,7 @@ pub mod rate;
 pub mod roles;
 
 pub use layer::AuthLayer;
-pub use principals::{Principal, Principals, PrincipalsError, TokenRefusal, token_hash};
+pub use principals::{Credential, Principal, Principals, PrincipalsError, TokenRefusal, token_hash};
 pub use roles::{Role, required_role};
 
 use crate::command::Command;
@@ -136,19 +136,33 @@ impl Auth {
         g.1.clone()
     }
 
-    /// The principal behind a bearer token (`declared` names the caller in open mode).
-    pub fn authenticate(&self, bearer: Option<&str>, declared: Option<&str>) -> Result<Principal, Denial> {
+    /// The principal behind a bearer token, or else behind the verified client certificate
+    /// `cert` (`declared` names the caller in open mode). A token wins over a certificate: a
+    /// tool holding both acts as the token says.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        declared: Option<&str>,
+        cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Result<Principal, Denial> {
         if !self.enabled() {
             let name = declared.filter(|d| !d.is_empty()).unwrap_or("anonymous").to_string();
             let roles = vec![Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
             return Ok(Principal { name, roles, regions: Default::default(), credential: None });
         }
         let Some(token) = bearer.filter(|t| !t.is_empty()) else {
-            return Err(Denial {
-                code: tonic::Code::Unauthenticated,
-                who: "no token".into(),
-                message: "no API token: send `authorization: Bearer <token>` (drctl --token or DRCUT_TOKEN)".into(),
-            });
+            if let Some(p) = cert.and_then(|c| self.principals().authenticate_certificate(c)) {
+                return Ok(p);
+            }
+            let message = match cert {
+                None => "no API token: send `authorization: Bearer <token>` (drctl --token or DRCUT_TOKEN)".into(),
+                Some(c) => format!(
+                    "no API token, and the client certificate ({}) stands for no principal: send \
+                     `authorization: Bearer <token>`, or list the certificate's name under a principal's certificates",
+                    crate::tls::exact_dns_names(c).join(", ")
+                ),
+            };
+            return Err(Denial { code: tonic::Code::Unauthenticated, who: "no token".into(), message });
         };
         self.principals()
             .authenticate(token, SystemTime::now())
@@ -156,19 +170,26 @@ impl Auth {
     }
 
     /// Whether `p`, authenticated a while ago, may still make `call`: its token is still listed
-    /// for it and unexpired, and it still holds the role (the principals file may have changed
-    /// since). Open mode and principals without a token always may.
+    /// for it and unexpired (or its certificate name still stands for it), and it still holds
+    /// the role (the principals file may have changed since). Open mode always may.
     pub fn recheck(&self, p: &Principal, call: &str) -> Result<(), Denial> {
-        let Some(h) = p.credential.filter(|_| self.enabled()) else { return Ok(()) };
-        let fresh = self
-            .principals()
-            .authenticate_hash(&h, SystemTime::now())
-            .map_err(|r| Denial { who: p.name.clone(), ..refusal(r, &format!("of {} was revoked", p.name)) })?;
+        let Some(credential) = p.credential.as_ref().filter(|_| self.enabled()) else { return Ok(()) };
+        let principals = self.principals();
+        let fresh = match credential {
+            Credential::Token(h) => principals
+                .authenticate_hash(h, SystemTime::now())
+                .map_err(|r| Denial { who: p.name.clone(), ..refusal(r, &format!("of {} was revoked", p.name)) })?,
+            Credential::Certificate(name) => principals.certificate_holder(name).cloned().ok_or_else(|| Denial {
+                code: tonic::Code::Unauthenticated,
+                who: p.name.clone(),
+                message: format!("the client certificate name {name} no longer stands for {}", p.name),
+            })?,
+        };
         if fresh.name != p.name {
             return Err(Denial {
                 code: tonic::Code::Unauthenticated,
                 who: p.name.clone(),
-                message: format!("the API token of {} now belongs to {}; open the stream again", p.name, fresh.name),
+                message: format!("the credential of {} now belongs to {}; open the stream again", p.name, fresh.name),
             });
         }
         self.authorize(&fresh, call)
@@ -378,6 +399,7 @@ pub(crate) async fn record(app: &AppRef, actor: &str, action: &str, details: ser
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     fn file(entries: &[(&str, &str, Option<&str>)]) -> String {
         let mut y = String::from("principals:\n");
@@ -406,8 +428,8 @@ mod tests {
         let path = dir.path().join("principals.yaml");
         rewrite(&path, &file(&[("alice", "t-alice", None), ("bob", "t-bob", None)]));
         let auth = Auth::from_file(path.clone()).unwrap();
-        let alice = auth.authenticate(Some("t-alice"), None).unwrap();
-        assert_eq!(alice.credential.map(hex::encode), Some(token_hash("t-alice")));
+        let alice = auth.authenticate(Some("t-alice"), None, None).unwrap();
+        assert_eq!(alice.credential, Some(Credential::Token(sha2::Sha256::digest("t-alice").into())));
         assert_eq!(auth.recheck(&alice, "WatchRun"), Ok(()));
 
         rewrite(&path, &file(&[("alice", "t-alice", Some("2001-01-01T00:00:00Z")), ("bob", "t-bob", None)]));
@@ -428,8 +450,8 @@ mod tests {
     #[test]
     fn open_mode_has_nothing_to_check_again() {
         let auth = Auth::open();
-        let p = auth.authenticate(None, Some("ops")).unwrap();
-        assert_eq!((p.name.as_str(), p.credential), ("ops", None));
+        let p = auth.authenticate(None, Some("ops"), None).unwrap();
+        assert_eq!((p.name.as_str(), &p.credential), ("ops", &None));
         assert_eq!(auth.recheck(&p, "WatchRun"), Ok(()));
     }
 }

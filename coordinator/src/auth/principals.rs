@@ -32,7 +32,11 @@ struct RawPrincipal {
     roles: Vec<Role>,
     #[serde(default)]
     regions: Vec<String>,
+    #[serde(default)]
     tokens: Vec<RawToken>,
+    /// Client-certificate DNS names (SANs) that stand for this principal on gRPC.
+    #[serde(default)]
+    certificates: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,9 +56,19 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// The regions it may act on; empty = every region.
     pub regions: BTreeSet<String>,
-    /// The SHA-256 of the token it proved itself with (`None` in open mode): a long-lived stream
-    /// checks it again, so revoking or expiring that token ends the stream.
-    pub credential: Option<[u8; 32]>,
+    /// What it proved itself with (`None` in open mode): a long-lived stream checks it again,
+    /// so revoking or expiring it ends the stream.
+    pub credential: Option<Credential>,
+}
+
+/// How a principal authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// An API token, by its SHA-256.
+    Token([u8; 32]),
+    /// A client certificate (verified against the cluster CA at the handshake) carrying this
+    /// DNS name.
+    Certificate(String),
 }
 
 impl Principal {
@@ -74,6 +88,8 @@ struct Token {
 #[derive(Debug, Clone, Default)]
 pub struct Principals {
     entries: Vec<(Principal, Vec<Token>)>,
+    /// Client-certificate names and the index of the entry each stands for.
+    certificates: Vec<(String, usize)>,
 }
 
 /// Why a token was not accepted (said to the caller without echoing the token).
@@ -88,6 +104,21 @@ pub enum TokenRefusal {
         /// When it expired.
         at: String,
     },
+}
+
+/// Checks a client-certificate name in a principals file: a plain DNS name, not a node's or an
+/// agent's (machine identities never act on `Control`).
+fn certificate_name(name: &str) -> Result<(), String> {
+    if name.contains('*') {
+        return Err(format!("{name:?}: wildcards are refused: one certificate name, one principal"));
+    }
+    rustls::pki_types::DnsName::try_from(name.to_string())
+        .map_err(|_| format!("{name:?} is not a DNS name (the SAN the client certificate carries)"))?;
+    let lower = name.to_ascii_lowercase();
+    if lower == crate::tls::NODE_NAME || lower.ends_with(crate::tls::AGENT_SUFFIX) {
+        return Err(format!("{name:?} is a node or agent identity; give clients names of their own"));
+    }
+    Ok(())
 }
 
 /// The SHA-256 of a token, as hex (what a principals file stores).
@@ -107,6 +138,7 @@ impl Principals {
         let mut names = BTreeSet::new();
         let mut hashes = BTreeSet::new();
         let mut entries = Vec::new();
+        let mut certificates = Vec::new();
         for (i, p) in raw.principals.into_iter().enumerate() {
             let f = format!("principals[{i}]");
             crate::state::validate_name(&format!("{f}.name"), &p.name).map_err(|m| err(format!("{f}.name"), m))?;
@@ -122,8 +154,21 @@ impl Principals {
                     "agent and node identities come from certificates, not tokens".into(),
                 ));
             }
-            if p.tokens.is_empty() {
-                return Err(err(format!("{f}.tokens"), "empty: give at least one token hash".into()));
+            if p.tokens.is_empty() && p.certificates.is_empty() {
+                return Err(err(
+                    format!("{f}.tokens"),
+                    "empty: give at least one token hash (or a client certificate name under certificates)".into(),
+                ));
+            }
+            for (j, c) in p.certificates.iter().enumerate() {
+                let cf = format!("{f}.certificates[{j}]");
+                certificate_name(c).map_err(|m| err(cf.clone(), m))?;
+                if let Some((_, other)) =
+                    certificates.iter().find(|(n, _): &&(String, usize)| n.eq_ignore_ascii_case(c))
+                {
+                    return Err(err(cf, format!("{c:?} already stands for principals[{other}]")));
+                }
+                certificates.push((c.to_ascii_lowercase(), entries.len()));
             }
             let mut tokens = Vec::new();
             for (j, t) in p.tokens.iter().enumerate() {
@@ -152,7 +197,7 @@ impl Principals {
             let regions: BTreeSet<String> = p.regions.into_iter().collect();
             entries.push((Principal { name: p.name, roles: p.roles, regions, credential: None }, tokens));
         }
-        Ok(Principals { entries })
+        Ok(Principals { entries, certificates })
     }
 
     /// The principal a bearer token belongs to, at time `now`.
@@ -174,10 +219,24 @@ impl Principals {
                     let at = humantime::format_rfc3339_seconds(exp).to_string();
                     return Err(TokenRefusal::Expired { principal: p.name.clone(), at });
                 }
-                return Ok(Principal { credential: Some(*h), ..p.clone() });
+                return Ok(Principal { credential: Some(Credential::Token(*h)), ..p.clone() });
             }
         }
         Err(TokenRefusal::Unknown)
+    }
+
+    /// The principal a verified client certificate stands for: the first listed name the
+    /// certificate carries exactly (wildcard SANs never match, so one certificate cannot stand
+    /// for every principal).
+    pub fn authenticate_certificate(&self, cert: &rustls::pki_types::CertificateDer<'_>) -> Option<Principal> {
+        let names = crate::tls::exact_dns_names(cert);
+        let (name, i) = self.certificates.iter().find(|(n, _)| names.iter().any(|c| c.eq_ignore_ascii_case(n)))?;
+        Some(Principal { credential: Some(Credential::Certificate(name.clone())), ..self.entries[*i].0.clone() })
+    }
+
+    /// The principal client-certificate name `name` stands for now, if any.
+    pub fn certificate_holder(&self, name: &str) -> Option<&Principal> {
+        self.certificates.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, i)| &self.entries[*i].0)
     }
 
     /// Number of principals.
@@ -232,6 +291,29 @@ mod tests {
         let now = humantime::parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
         let d = p.authenticate("drcut_EXAMPLE_dave_not_a_real_token", now).unwrap();
         assert_eq!((d.name.as_str(), d.may_act_on("eu-central")), ("dave", false));
+    }
+
+    #[test]
+    fn client_certificate_names_are_plain_unique_and_not_machines() {
+        let one =
+            |names: &str| format!("principals:\n  - name: ci\n    roles: [operator]\n    certificates: {names}\n");
+        let p = Principals::parse("p.yaml", &one("[ci.clients.drcut.internal]")).unwrap();
+        assert_eq!(p.certificate_holder("CI.clients.drcut.internal").map(|p| p.name.as_str()), Some("ci"));
+        assert!(p.certificate_holder("other.clients.drcut.internal").is_none());
+        let bad = |names: &str| Principals::parse("p.yaml", &one(names)).unwrap_err();
+        for (names, says) in [
+            ("['*.clients.drcut.internal']", "wildcards are refused"),
+            ("[node.drcut.internal]", "node or agent identity"),
+            ("[eu-west.agent.drcut.internal]", "node or agent identity"),
+            ("['not a name']", "not a DNS name"),
+            ("[a.example, A.example]", "already stands for principals[0]"),
+        ] {
+            let e = bad(names);
+            assert!(e.field.starts_with("principals[0].certificates["), "{names}: {e}");
+            assert!(e.message.contains(says), "{names}: {e}");
+        }
+        let none = "principals:\n  - name: ci\n    roles: [operator]\n";
+        assert_eq!(Principals::parse("p.yaml", none).unwrap_err().field, "principals[0].tokens");
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn admit(app: &AppRef, headers: &HeaderMap, peer: SocketAddr, call: &str) -> Res
 /// Authentication and the rate limits only (for `/api/me`, which any principal may read): the
 /// same rules as the gRPC layer's, failed sign-ins per address included.
 fn authenticate(app: &AppRef, headers: &HeaderMap, peer: SocketAddr, call: &str) -> Result<Principal, ApiError> {
-    crate::auth::layer::authenticate(app, headers, Some(peer)).map_err(|d| refuse(app, call, d, peer))
+    crate::auth::layer::authenticate(app, headers, Some(peer), None).map_err(|d| refuse(app, call, d, peer))
 }
 
 fn refuse(app: &AppRef, call: &str, d: Denial, peer: SocketAddr) -> ApiError {

@@ -71,6 +71,12 @@ fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
     }
 }
 
+/// The DNS names `cert` carries literally, wildcards left out (a client certificate stands
+/// for a principal only by a name it names exactly).
+pub fn exact_dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    dns_names(cert).into_iter().filter(|n| !n.contains('*')).collect()
+}
+
 /// Whether `cert` is a coordinator node's certificate.
 pub fn is_node_cert(cert: &CertificateDer<'_>) -> bool {
     valid_for(cert, NODE_NAME)
