@@ -412,6 +412,7 @@ fn trigger(run: &DrillRun) -> Value {
             "kind": "schedule",
             "occurrence_ms": occurrence_ms,
             "occurrence_utc": utc(*occurrence_ms),
+            "occurrence_local": run.spec.schedule.as_ref().map(|s| local(*occurrence_ms, &s.timezone)),
             "timezone": run.spec.schedule.as_ref().map(|s| s.timezone.clone()),
             "late": late,
         }),
@@ -818,6 +819,18 @@ fn median(values: &mut [i64]) -> Option<i64> {
 
 // === formatting ===
 
+/// The wall-clock time in IANA zone `zone` with its offset (`2026-01-06 03:00 +00:00`), as the
+/// people who scheduled the drill wrote it; empty for an unknown zone or a "not yet" stamp.
+fn local(ms: i64, zone: &str) -> String {
+    let (Ok(tz), Some(at)) = (zone.parse::<chrono_tz::Tz>(), chrono::DateTime::from_timestamp_millis(ms)) else {
+        return String::new();
+    };
+    if ms <= 0 {
+        return String::new();
+    }
+    at.with_timezone(&tz).format("%Y-%m-%d %H:%M %:z").to_string()
+}
+
 /// RFC 3339 UTC with milliseconds; empty for "not yet" (0) stamps.
 fn utc(ms: i64) -> String {
     if ms <= 0 {
@@ -1108,9 +1121,15 @@ pub fn markdown(report: &Value) -> String {
 fn trigger_text(t: &Value) -> String {
     match t["kind"].as_str() {
         Some("schedule") => {
-            let tz = t["timezone"].as_str().map_or(String::new(), |z| format!(", schedule in {z}"));
             let late = if t["late"].as_bool().unwrap_or(false) { "; started late" } else { "; on time" };
-            format!("scheduled occurrence {}{tz}{late}", t["occurrence_utc"].as_str().unwrap_or(""))
+            let utc = t["occurrence_utc"].as_str().unwrap_or("");
+            match (t["occurrence_local"].as_str().filter(|l| !l.is_empty()), t["timezone"].as_str()) {
+                (Some(local), Some(zone)) => format!("scheduled occurrence {local} {zone} ({utc}){late}"),
+                (_, zone) => {
+                    let zone = zone.map_or(String::new(), |z| format!(", schedule in {z}"));
+                    format!("scheduled occurrence {utc}{zone}{late}")
+                }
+            }
         }
         _ => format!("manual, by {}", t["by"].as_str().unwrap_or("unknown")),
     }

@@ -388,6 +388,7 @@ fn passed_region_loss_run_grades_every_expectation() {
     assert_eq!(report["pinned"]["restore"]["run_id"], "run-18");
     assert_eq!(report["faults"][0]["reverted_by"], "engine");
     assert_eq!(report["trigger"]["occurrence_utc"], "2026-01-06T03:00:00.000Z");
+    assert_eq!(report["trigger"]["occurrence_local"], "2026-01-06 03:00 +00:00");
     assert_eq!(report["trigger"]["timezone"], "Europe/Dublin");
     // The response run's steps with their timings.
     let steps = report["response"]["steps"].as_array().unwrap();
@@ -769,7 +770,7 @@ fn markdown_holds_the_key_lines() {
     for expected in [
         "# Drill report: wallet-region-loss",
         "Run `drill-wallet-region-loss-20260106T030000` · **PASSED** — every expectation held",
-        "| Trigger | scheduled occurrence 2026-01-06T03:00:00.000Z, schedule in Europe/Dublin; on time |",
+        "| Trigger | scheduled occurrence 2026-01-06 03:00 +00:00 Europe/Dublin (2026-01-06T03:00:00.000Z); on time |",
         "| Owner | team-wallet |",
         "| Target region | eu-west |",
         "| Hypothesis | Losing eu-west moves wallet to eu-central within 30 s, losing no acknowledged write |",
@@ -894,4 +895,15 @@ fn absurd_stamps_render_without_panicking() {
     run.events.push(Event { at_ms: i64::MAX / 2, what: "clock jumped".into() });
     let md = markdown(&report_of(&run, &[]));
     assert!(md.contains("clock jumped"));
+}
+
+#[test]
+fn scheduled_occurrences_read_in_the_drill_zone_across_dst() {
+    // 03:00 in Dublin is 02:00 UTC in summer (IST, +01:00) and 03:00 UTC in winter (GMT).
+    let summer = humantime::parse_rfc3339("2026-07-07T02:00:00Z").unwrap();
+    let ms = summer.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert_eq!(local(ms, "Europe/Dublin"), "2026-07-07 03:00 +01:00");
+    assert_eq!(local(ms, "America/New_York"), "2026-07-06 22:00 -04:00");
+    assert_eq!(local(ms, "Mars/Olympus"), "");
+    assert_eq!(local(0, "UTC"), "");
 }
