@@ -120,6 +120,8 @@ struct RawTls {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    #[serde(default)]
+    crl: Option<PathBuf>,
 }
 
 /// Mutual TLS for every connection to and from this node (see `crate::tls`).
@@ -131,6 +133,9 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM file of its private key.
     pub key: PathBuf,
+    /// Optional PEM file of certificate revocation lists (`X509 CRL` blocks) issued by the CA:
+    /// client certificates listed there are refused at the handshake.
+    pub crl: Option<PathBuf>,
 }
 
 /// Authentication of API callers.
@@ -308,6 +313,7 @@ impl Config {
                     ca: need(t.ca, "ca", "the cluster CA's certificate")?,
                     cert: need(t.cert, "cert", "this node's certificate")?,
                     key: need(t.key, "key", "this node's private key")?,
+                    crl: t.crl.filter(|p| !p.as_os_str().is_empty()),
                 })
             }
         };

@@ -60,6 +60,7 @@ pub struct ClusterBuilder {
     http: bool,
     auth: Option<(TestPrincipals, Option<(u32, u32)>)>,
     tls: bool,
+    crl: bool,
     json_logs: bool,
 }
 
@@ -81,6 +82,14 @@ impl ClusterBuilder {
     /// Appends verbatim YAML to every node's config (e.g. a `health:` section).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra_yaml.push_str(yaml);
+        self
+    }
+
+    /// With [`ClusterBuilder::with_tls`]: every node checks client certificates against the
+    /// revocation list in `tls/crl.pem` (at first an empty one; [`Cluster::pki`]'s CA makes new
+    /// ones).
+    pub fn with_crl(mut self) -> Self {
+        self.crl = true;
         self
     }
 
@@ -186,7 +195,15 @@ impl ClusterBuilder {
             }
             if let Some(p) = &pki {
                 let cert = p.ca.node(id, addr.ip())?;
-                cfg.tls = Some(p.ca.write(&dir.path().join("tls"), &format!("node-{id}"), &cert)?);
+                let mut files = p.ca.write(&dir.path().join("tls"), &format!("node-{id}"), &cert)?;
+                if self.crl {
+                    let crl = dir.path().join("tls").join("crl.pem");
+                    if !crl.exists() {
+                        std::fs::write(&crl, p.ca.crl(&[])?)?;
+                    }
+                    files.crl = Some(crl);
+                }
+                cfg.tls = Some(files);
             }
             cfg.peer_dial_overrides = proxies
                 .iter()
@@ -263,6 +280,7 @@ impl Cluster {
             http: false,
             auth: None,
             tls: false,
+            crl: false,
             json_logs: false,
         }
     }

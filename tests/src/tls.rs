@@ -28,6 +28,8 @@ pub struct CertKey {
     pub cert_pem: String,
     /// The private key (PKCS#8).
     pub key_pem: String,
+    /// The certificate's serial number (what a revocation list names).
+    pub serial: u64,
 }
 
 /// Where a holder's CA, certificate and key files are.
@@ -39,17 +41,23 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// The revocation lists it checks client certificates against (nodes only), if any.
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// The `tls:` section of a node or agent config, indented for the top level.
     pub fn yaml(&self) -> String {
-        format!(
+        let mut y = format!(
             "tls:\n  ca: {:?}\n  cert: {:?}\n  key: {:?}\n",
             self.ca.display().to_string(),
             self.cert.display().to_string(),
             self.key.display().to_string()
-        )
+        );
+        if let Some(crl) = &self.crl {
+            y.push_str(&format!("  crl: {:?}\n", crl.display().to_string()));
+        }
+        y
     }
 
     /// `--ca F --cert F --key F` for drctl.
@@ -99,9 +107,13 @@ impl TestCa {
         if server {
             p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
+        // Unique within the process, which is all a test CA ever signs for.
+        static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+        let serial = NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        p.serial_number = Some(serial.into());
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial })
     }
 
     /// A coordinator node's certificate, served at `ip`.
@@ -119,6 +131,27 @@ impl TestCa {
         self.issue(name, &[format!("{name}.clients.drcut.internal")], &[], false)
     }
 
+    /// A revocation list of this CA naming `serials` (PEM; valid from 2025 to 2035).
+    pub fn crl(&self, serials: &[u64]) -> Result<String> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            crl_number: (serials.len() as u64 + 1).into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Writes `ck` and this CA into `dir` as `NAME.pem`, `NAME.key` and `NAME-ca.pem`.
     pub fn write(&self, dir: &Path, name: &str, ck: &CertKey) -> Result<TlsFiles> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -126,6 +159,7 @@ impl TestCa {
             ca: dir.join(format!("{}-ca.pem", self.name)),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
+            crl: None,
         };
         std::fs::write(&files.ca, self.ca_pem())?;
         std::fs::write(&files.cert, &ck.cert_pem)?;

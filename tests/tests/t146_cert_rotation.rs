@@ -173,3 +173,50 @@ async fn a_ca_rotates_on_a_running_cluster() -> Result<()> {
     cluster.finish();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_the_handshake() -> Result<()> {
+    let cluster = Cluster::builder(149).nodes(1).with_tls().with_crl().start().await?;
+    cluster.wait_leader(&[1]).await?;
+    let pki = cluster.pki().context("tls cluster")?;
+    let dir = cluster.dir().join("tls");
+    let ci = pki.ca.client("ci")?;
+    let ci_files = drcut_tests::tls::TlsFiles { ca: pki.client.ca.clone(), ..pki.ca.write(&dir, "ci", &ci)? };
+    let ep = cluster.endpoints(&[1]);
+    let status_as_ci = || {
+        let mut args = ci_files.drctl_args();
+        args.extend(["--endpoint".into(), ep.clone(), "--timeout".into(), "3".into(), "status".into()]);
+        drcut_tests::process::drctl(args)
+    };
+    let out = status_as_ci().await?;
+    ensure!(out.code == Some(0), "ci before revocation:\n{out}");
+
+    tracing::info!("--- the CA revokes ci's certificate; the node takes the new list");
+    std::fs::write(dir.join("crl.pem"), pki.ca.crl(&[ci.serial])?)?;
+    wait_reloaded(&cluster, &[1], 2).await?;
+    let out = status_as_ci().await?;
+    ensure!(out.code != Some(0), "a revoked certificate must be refused:\n{out}");
+    wait::until("the refusal audited", Duration::from_secs(20), async || {
+        let out = cluster.drctl(&["--json", "audit", "list", "--limit", "10000"]).await?;
+        ensure!(out.code == Some(0), "{out}");
+        let audit: Value = serde_json::from_str(&out.stdout)?;
+        let found = audit["entries"].as_array().context("entries")?.iter().any(|e| {
+            e["action"] == "auth.denied"
+                && e["details"]["call"] == "tls"
+                && e["details"]["reason"].as_str().unwrap_or("").contains("Revoked")
+        });
+        ensure!(found, "no auth.denied record for the revoked certificate yet");
+        Ok(())
+    })
+    .await?;
+    let out = cluster.drctl(&["status"]).await?;
+    ensure!(out.code == Some(0), "other certificates still work:\n{out}");
+
+    tracing::info!("--- a broken list is refused by name and the last good one stays");
+    std::fs::write(dir.join("crl.pem"), "-----BEGIN X509 CRL-----\nbroken\n-----END X509 CRL-----\n")?;
+    let d = wait_refused(&cluster, 1, "tls.crl").await?;
+    ensure!(d["reason"].as_str().unwrap_or("").contains("crl.pem"), "{d}");
+    ensure!(status_as_ci().await?.code != Some(0), "still revoked under the last good list");
+    cluster.finish();
+    Ok(())
+}

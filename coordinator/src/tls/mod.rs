@@ -19,7 +19,7 @@ pub mod accept;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::node::AppRef;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, DnsName, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -113,6 +113,8 @@ pub struct Material {
     chain: Vec<CertificateDer<'static>>,
     /// This holder's key.
     key: PrivateKeyDer<'static>,
+    /// Revocation lists client certificates are checked against (none: no revocation check).
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 /// A file that could not be used: the config field naming it and why.
@@ -150,7 +152,7 @@ impl Material {
             field: "tls.key",
             message: format!("{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display()),
         })?;
-        let m = Material { ca_pem, cert_pem, key_pem, ca: ca_certs, chain, key: key_der };
+        let m = Material { ca_pem, cert_pem, key_pem, ca: ca_certs, chain, key: key_der, crls: Vec::new() };
         // Every holder dials someone, so every certificate must work as a client's. Checked
         // here because a certificate the CA did not sign would otherwise only fail at the
         // first handshake, far from the config that caused it.
@@ -163,6 +165,23 @@ impl Material {
             ),
         })?;
         Ok(m)
+    }
+
+    /// Adds the revocation lists in `path` (PEM `X509 CRL` blocks; an empty file is none yet):
+    /// client certificates they list are refused at the handshake.
+    pub fn load_crls(&mut self, path: &Path) -> Result<(), FileError> {
+        let pem = read("tls.crl", path)?;
+        let crls: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| FileError { field: "tls.crl", message: format!("{}: bad PEM: {e}", path.display()) })?;
+        for (i, crl) in crls.iter().enumerate() {
+            webpki::BorrowedCertRevocationList::from_der(crl).map_err(|e| FileError {
+                field: "tls.crl",
+                message: format!("{}: revocation list {} is not usable: {e}", path.display(), i + 1),
+            })?;
+        }
+        self.crls = crls;
+        Ok(())
     }
 
     /// Checks the chain against the CA for `usage`, now.
@@ -205,10 +224,21 @@ impl Material {
     pub fn server(&self) -> Result<rustls::ServerConfig, FileError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = self.roots().map_err(|message| FileError { field: "tls.ca", message })?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| FileError { field: "tls.ca", message: format!("cannot verify clients with it: {e}") })?;
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated();
+        if !self.crls.is_empty() {
+            // Certificates of a CA that publishes no list here (a new CA mid-rotation) pass.
+            builder = builder
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
+        }
+        let verifier = builder.build().map_err(|e| match e {
+            rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+                FileError { field: "tls.crl", message: format!("not a usable revocation list: {e:?}") }
+            }
+            e => FileError { field: "tls.ca", message: format!("cannot verify clients with it: {e}") },
+        })?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| FileError { field: "tls.cert", message: e.to_string() })?
@@ -270,16 +300,19 @@ struct Loaded {
 /// A file's modification time and length, as last looked at (a rewrite changes one of them).
 type Stamp = Option<(std::time::SystemTime, u64)>;
 
-fn stamps(files: &TlsConfig) -> [Stamp; 3] {
-    [&files.ca, &files.cert, &files.key]
-        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+fn stamps(files: &TlsConfig) -> [Stamp; 4] {
+    let stamp = |f: &Path| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    [stamp(&files.ca), stamp(&files.cert), stamp(&files.key), files.crl.as_deref().and_then(stamp)]
 }
 
 /// Reads and checks a node's `tls:` files as at startup: the CA, a node certificate usable as
 /// a server's and a client's, a key that fits it.
 fn load_node(files: &TlsConfig) -> Result<Loaded, FileError> {
-    let TlsConfig { ca, cert, key } = files;
-    let m = Material::load(ca, cert, key)?;
+    let TlsConfig { ca, cert, key, crl } = files;
+    let mut m = Material::load(ca, cert, key)?;
+    if let Some(crl) = crl {
+        m.load_crls(crl)?;
+    }
     if !is_node_cert(&m.chain[0]) {
         return Err(FileError {
             field: "tls.cert",
@@ -336,7 +369,7 @@ pub enum Reload {
 pub struct NodeTls {
     files: TlsConfig,
     /// The files' stamps when last looked at (a refused rewrite is not retried until it changes).
-    seen: Mutex<[Stamp; 3]>,
+    seen: Mutex<[Stamp; 4]>,
     current: std::sync::RwLock<Arc<Loaded>>,
     /// Bumped by every applied reload: cached peer channels of an older generation are replaced.
     generation: std::sync::atomic::AtomicU64,
