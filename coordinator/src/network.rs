@@ -238,17 +238,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         let addr = self.pool.dial_addr(target, &node.addr);
-        let channel = self.pool.channel(&addr).map_err(|e| e.to_string());
-        PeerClient { target, addr, pool: self.pool.clone(), channel }
+        PeerClient { target, addr, pool: self.pool.clone() }
     }
 }
 
-/// The connection to one peer.
+/// The connection to one peer: the pool's channel to it, asked for at every call, so a channel
+/// the pool replaced (renewed after a timeout, or made under rotated TLS files) is used at once
+/// by the replication streams openraft keeps for as long as a leader leads.
 pub struct PeerClient {
     target: NodeId,
     addr: String,
     pool: ChannelPool,
-    channel: Result<Channel, String>,
 }
 
 fn unreachable(msg: impl ToString) -> RPCError {
@@ -267,7 +267,7 @@ fn status_err(target: NodeId, s: tonic::Status) -> RPCError {
 
 impl PeerClient {
     fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError> {
-        let ch = self.channel.clone().map_err(unreachable)?;
+        let ch = self.pool.channel(&self.addr).map_err(unreachable)?;
         Ok(RaftTransportClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))
     }
 
@@ -290,7 +290,9 @@ impl PeerClient {
             Ok(r) => r.map_err(|s| status_err(self.target, s))?,
             Err(_) => {
                 // No answer at all: the connection may be wedged; the next call uses a new one.
-                self.channel = self.pool.renew(&self.addr).map_err(|e| e.to_string());
+                if let Err(e) = self.pool.renew(&self.addr) {
+                    tracing::warn!(addr = %self.addr, "cannot renew the channel: {e}");
+                }
                 return Err(unreachable(format!("node {}: {kind} timed out after {ttl:?}", self.target)));
             }
         };

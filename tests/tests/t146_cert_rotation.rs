@@ -141,6 +141,13 @@ async fn a_ca_rotates_on_a_running_cluster() -> Result<()> {
     .await?;
     ensure!(out.code != Some(0), "a client trusting only the old CA must refuse the nodes:\n{out}");
 
+    tracing::info!("--- a follower restarts: the leader's replication reaches it with the new certificates");
+    let follower = all.iter().copied().find(|&i| i != leader).context("a follower")?;
+    cluster.kill(follower).await?;
+    cluster.start_node(follower).await?;
+    cluster.add_region(leader, "us-east").await.context("a write while the follower is back")?;
+    cluster.wait_converged(&all).await?;
+
     tracing::info!("--- peers dial each other with the new certificates: kill -9 the leader (node {leader})");
     cluster.kill(leader).await?;
     let survivors: Vec<u64> = all.iter().copied().filter(|&i| i != leader).collect();
