@@ -89,6 +89,8 @@ async fn secrets_never_leak_and_logs_are_structured() -> Result<()> {
     // A refusal is answered at once and audited after (the record goes through Raft on its
     // own), so the export waits for it.
     let chain = drcut_tests::wait::until("the wrong tokens audited", Duration::from_secs(10), async || {
+        // drctl never overwrites an export: a retry starts from no file.
+        let _ = std::fs::remove_file(&export);
         let out = env.cluster.drctl(&["audit", "export", "--out", &export.display().to_string()]).await?;
         ensure!(out.code == Some(0), "{out}");
         let chain = std::fs::read_to_string(&export)?;
