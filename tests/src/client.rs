@@ -78,3 +78,21 @@ pub async fn regions(client: &mut ControlClient<Channel>) -> Result<Vec<Region>>
         .into_inner()
         .regions)
 }
+
+/// Waits for the end of a server stream (skipping what it sends) and returns the status it
+/// ended with; an error when it is still open after `within` or ended without a status.
+pub async fn stream_end<T>(who: &str, s: &mut tonic::Streaming<T>, within: Duration) -> Result<tonic::Status> {
+    let end = async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    };
+    tokio::time::timeout(within, end)
+        .await
+        .with_context(|| format!("{who}'s stream still open after {within:?}"))?
+        .with_context(|| format!("{who}'s stream ended without a status"))
+}

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use drcut_coordinator::auth::{Role, required_role};
 use drcut_proto::v1 as pb;
 use drcut_tests::auth::{TestPrincipals, with_token};
+use drcut_tests::client::stream_end;
 use drcut_tests::{Cluster, wait};
 use prost::Message;
 use tonic::Code;
@@ -347,24 +348,6 @@ async fn open_mode_is_said_loudly() -> Result<()> {
     ensure!(entries.iter().any(|e| e.actor == "mallory"), "{entries:?}");
     c.finish();
     Ok(())
-}
-
-/// Waits for the end of a server stream (skipping what it sends) and returns the status it
-/// ended with.
-async fn stream_end<T>(who: &str, s: &mut tonic::Streaming<T>, within: Duration) -> Result<tonic::Status> {
-    let end = async {
-        loop {
-            match s.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(e) => return Some(e),
-            }
-        }
-    };
-    tokio::time::timeout(within, end)
-        .await
-        .with_context(|| format!("{who}'s stream still open after {within:?}"))?
-        .with_context(|| format!("{who}'s stream ended without a status"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

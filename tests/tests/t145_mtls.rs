@@ -348,18 +348,7 @@ async fn client_certificates_stand_for_principals() -> Result<()> {
     let file = cluster.dir().join("principals.yaml");
     let text = std::fs::read_to_string(&file)?;
     std::fs::write(&file, text.replace("[ci.clients.drcut.internal]", "[ci-next.clients.drcut.internal]"))?;
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(e) => return Some(e),
-            }
-        }
-    })
-    .await
-    .context("ci's stream still open")?
-    .context("ci's stream ended without a status")?;
+    let end = client::stream_end("ci", &mut stream, Duration::from_secs(5)).await?;
     ensure!(end.code() == tonic::Code::Unauthenticated && end.message().contains("no longer stands for ci"), "{end:?}");
     let out = drctl(&ci, &["status"]).await?;
     ensure!(out.code == Some(1) && out.stderr.contains("stands for no principal"), "{out}");
