@@ -157,6 +157,19 @@ pub fn render(app: &AppRef) -> String {
     changes.inc_by(app.leader_changes.load(Ordering::Relaxed));
     reg.register("drcut_raft_leader_changes", "Leader changes this node has seen since it started", changes);
     gauge(&mut reg, "drcut_raft_is_leader", "1 when this node leads", app.raft.is_leader() as i64);
+    let (generation, refusing) = app.tls.as_ref().map_or((0, false), |t| (t.generation(), t.refusing()));
+    gauge(
+        &mut reg,
+        "drcut_tls_generation",
+        "TLS files in use: 1 as started, +1 per applied reload (0 without TLS)",
+        generation as i64,
+    );
+    gauge(
+        &mut reg,
+        "drcut_tls_files_refused",
+        "1 while the TLS files on disk cannot be used and the node serves older ones",
+        refusing as i64,
+    );
     gauge(&mut reg, "drcut_raft_leader_id", "Known leader's node id (0 = none)", m.current_leader.unwrap_or(0) as i64);
     gauge(&mut reg, "drcut_agent_sessions", "Open agent sessions on this node", app.hub.sessions() as i64);
 

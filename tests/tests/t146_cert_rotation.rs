@@ -175,7 +175,16 @@ async fn a_ca_rotates_on_a_running_cluster() -> Result<()> {
     ensure!(d["reason"].as_str().unwrap_or("").contains(&format!("node-{new_leader}.pem")), "{d}");
     let out = cluster.drctl(&["--endpoint", &cluster.endpoints(&[new_leader]), "status"]).await?;
     ensure!(out.code == Some(0), "node {new_leader} keeps serving:\n{out}");
+    let metrics = format!("https://{}/metrics", drcut_tests::cluster::http_addr(146, new_leader));
+    let scrape = async || -> Result<String> { Ok(https.get(&metrics).send().await?.text().await?) };
+    ensure!(scrape().await?.contains("drcut_tls_files_refused 1"), "the refusal shows in /metrics");
     std::fs::write(&pem, good)?;
+    wait::until("the good files back in use", Duration::from_secs(10), async || {
+        let m = scrape().await?;
+        ensure!(m.contains("drcut_tls_files_refused 0"), "still refused");
+        Ok(())
+    })
+    .await?;
     cluster.audit_verify_ok().await?;
     cluster.finish();
     Ok(())

@@ -344,6 +344,7 @@ pub fn from_config(cfg: &Config) -> Result<Option<Arc<NodeTls>>, ConfigError> {
         seen: Mutex::new(seen),
         current: std::sync::RwLock::new(Arc::new(loaded)),
         generation: std::sync::atomic::AtomicU64::new(1),
+        refusing: std::sync::atomic::AtomicBool::new(false),
         throttle: Mutex::new(accept::Throttle::new(AUDIT_EVERY)),
     })))
 }
@@ -373,6 +374,8 @@ pub struct NodeTls {
     current: std::sync::RwLock<Arc<Loaded>>,
     /// Bumped by every applied reload: cached peer channels of an older generation are replaced.
     generation: std::sync::atomic::AtomicU64,
+    /// Whether the files as they are now were refused (the node serves older ones).
+    refusing: std::sync::atomic::AtomicBool,
     throttle: Mutex<accept::Throttle>,
 }
 
@@ -406,6 +409,11 @@ impl NodeTls {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Whether the files on disk were refused at the last look (the node serves older ones).
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Re-reads the files if any changed since last looked at: `None` when none did.
     pub fn reload_if_changed(&self) -> Option<Reload> {
         let now = stamps(&self.files);
@@ -416,7 +424,7 @@ impl NodeTls {
             }
             *seen = now;
         }
-        Some(match load_node(&self.files) {
+        let reload = match load_node(&self.files) {
             Ok(loaded) => {
                 let fingerprint = loaded.fingerprint.clone();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
@@ -424,7 +432,9 @@ impl NodeTls {
                 Reload::Applied { fingerprint, generation }
             }
             Err(e) => Reload::Refused(e),
-        })
+        };
+        self.refusing.store(matches!(reload, Reload::Refused(_)), std::sync::atomic::Ordering::Release);
+        Some(reload)
     }
 
     /// Whether a refusal of kind `what` from `peer` should be audited now (see [`AUDIT_EVERY`]).
