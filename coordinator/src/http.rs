@@ -166,6 +166,12 @@ pub fn render(app: &AppRef) -> String {
     );
     gauge(
         &mut reg,
+        "drcut_tls_cert_valid_until_seconds",
+        "Unix time until which this node's certificate verifies under its CA (0 without TLS)",
+        app.tls.as_ref().and_then(|t| t.valid_until()).unwrap_or(0) as i64,
+    );
+    gauge(
+        &mut reg,
         "drcut_tls_files_refused",
         "1 while the TLS files on disk cannot be used and the node serves older ones",
         refusing as i64,

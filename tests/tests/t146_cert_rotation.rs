@@ -109,6 +109,9 @@ async fn a_ca_rotates_on_a_running_cluster() -> Result<()> {
     std::fs::write(&ca_file, next.ca_pem())?;
     wait_reloaded(&cluster, &all, 4).await?;
     cluster.forget_clients();
+    // rcgen's certificates run until 4096-01-01: found by bisection to the second.
+    let reloaded = tls_records(&cluster, "tls.reloaded").await?;
+    ensure!(reloaded.iter().all(|(_, d)| d["valid_until"] == "4096-01-01T00:00:00Z"), "{reloaded:?}");
 
     tracing::info!("--- new handshakes work under the new CA only");
     let out = cluster.drctl(&["--json", "status"]).await?;

@@ -186,20 +186,42 @@ impl Material {
 
     /// Checks the chain against the CA for `usage`, now.
     fn verify(&self, usage: webpki::KeyUsage) -> Result<(), String> {
+        self.verify_at(usage, rustls::pki_types::UnixTime::now())
+    }
+
+    /// Checks the chain against the CA for `usage` at time `at`.
+    fn verify_at(&self, usage: webpki::KeyUsage, at: rustls::pki_types::UnixTime) -> Result<(), String> {
         let roots = self.roots()?;
         let ee =
             webpki::EndEntityCert::try_from(&self.chain[0]).map_err(|e| format!("not an X.509 certificate: {e}"))?;
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &roots.roots,
-            &self.chain[1..],
-            rustls::pki_types::UnixTime::now(),
-            usage,
-            None,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &roots.roots, &self.chain[1..], at, usage, None, None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The last second (Unix time) at which this certificate still verifies under the CA: the
+    /// earliest expiry of the leaf and any intermediate. Found by bisection over webpki's own
+    /// verdicts (about 33 verifications, once per load) rather than by parsing X.509 ourselves.
+    /// `None` when it does not verify now.
+    pub fn valid_until(&self) -> Option<u64> {
+        let at = |secs: u64| {
+            let t = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(secs));
+            self.verify_at(webpki::KeyUsage::client_auth(), t).is_ok()
+        };
+        let now = rustls::pki_types::UnixTime::now().as_secs();
+        // 9999-12-31T23:59:59Z, the last instant X.509 (GeneralizedTime) can name.
+        let (mut lo, mut hi) = (now, 253_402_300_799u64);
+        if !at(lo) {
+            return None;
+        }
+        if at(hi) {
+            return Some(hi);
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if at(mid) { lo = mid } else { hi = mid }
+        }
+        Some(lo)
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, String> {
@@ -295,6 +317,8 @@ struct Loaded {
     client: ClientTlsConfig,
     /// SHA-256 of the leaf certificate, hex (names the certificate in logs and the audit chain).
     fingerprint: String,
+    /// The last second (Unix time) the certificate verifies (see [`Material::valid_until`]).
+    valid_until: Option<u64>,
 }
 
 /// A file's modification time and length, as last looked at (a rewrite changes one of them).
@@ -329,6 +353,7 @@ fn load_node(files: &TlsConfig) -> Result<Loaded, FileError> {
         http: tokio_rustls::TlsAcceptor::from(Arc::new(m.http_server()?)),
         client: m.client(),
         fingerprint: hex::encode(sha2::Sha256::digest(m.chain[0].as_ref())),
+        valid_until: m.valid_until(),
     })
 }
 
@@ -358,6 +383,8 @@ pub enum Reload {
         fingerprint: String,
         /// Counts reloads (1 = as started).
         generation: u64,
+        /// The last second (Unix time) the new certificate verifies.
+        valid_until: Option<u64>,
     },
     /// The files changed but cannot be used; the node goes on with what it had.
     Refused(FileError),
@@ -404,6 +431,11 @@ impl NodeTls {
         self.current().fingerprint.clone()
     }
 
+    /// The last second (Unix time) the certificate in use verifies under the CA in use.
+    pub fn valid_until(&self) -> Option<u64> {
+        self.current().valid_until
+    }
+
     /// How many times the material was (re)loaded; channels dialed under an older one are stale.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
@@ -426,10 +458,10 @@ impl NodeTls {
         }
         let reload = match load_node(&self.files) {
             Ok(loaded) => {
-                let fingerprint = loaded.fingerprint.clone();
+                let (fingerprint, valid_until) = (loaded.fingerprint.clone(), loaded.valid_until);
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
                 let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-                Reload::Applied { fingerprint, generation }
+                Reload::Applied { fingerprint, generation, valid_until }
             }
             Err(e) => Reload::Refused(e),
         };
@@ -444,23 +476,30 @@ impl NodeTls {
     }
 }
 
+/// `secs` (Unix time) as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 /// Follows the node's `tls:` files for as long as the process runs: a rotated certificate, key
 /// or CA is loaded within [`RELOAD_EVERY`] and recorded as `tls.reloaded`; files that cannot be
 /// used are recorded as `tls.reload_refused` (naming the field and why) and the node goes on
 /// with what it had. Half-written files are simply refused, then taken once whole.
 pub async fn follow_files(app: AppRef, tls: Arc<NodeTls>) {
+    let valid_until = tls.valid_until().map(rfc3339).unwrap_or_default();
+    tracing::info!(fingerprint = %tls.fingerprint(), %valid_until, "tls: serving this certificate");
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (action, details) = match tls.reload_if_changed() {
             None => continue,
-            Some(Reload::Applied { fingerprint, generation }) => {
-                tracing::info!(%fingerprint, generation, "tls files reloaded: new handshakes and peer connections use them");
-                (
-                    "tls.reloaded",
-                    serde_json::json!({ "node": app.id, "fingerprint": fingerprint, "generation": generation }),
-                )
+            Some(Reload::Applied { fingerprint, generation, valid_until }) => {
+                let valid_until = valid_until.map(rfc3339).unwrap_or_default();
+                tracing::info!(%fingerprint, generation, %valid_until, "tls files reloaded: new handshakes and peer connections use them");
+                let details = serde_json::json!({ "node": app.id, "fingerprint": fingerprint,
+                                                  "generation": generation, "valid_until": valid_until });
+                ("tls.reloaded", details)
             }
             Some(Reload::Refused(e)) => {
                 tracing::error!(field = e.field, "tls files not reloaded, keeping the previous ones: {}", e.message);
@@ -646,5 +685,32 @@ mod tests {
             ]);
             seq(&[tbs, ed25519, tlv(0x03, &[[0u8].as_slice(), &[0u8; 64]].concat())])
         }
+    }
+
+    /// A CA and a leaf it signed, valid until `until` (RFC 3339), written as PEM files.
+    fn chain_until(dir: &Path, until: &str) -> Material {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(vec![NODE_NAME.to_string()]).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let t = humantime::parse_rfc3339(until).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        leaf.not_after = rcgen::date_time_ymd(1970, 1, 1) + t;
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let (ca_f, cert_f, key_f) = (dir.join("ca.pem"), dir.join("c.pem"), dir.join("c.key"));
+        std::fs::write(&ca_f, issuer.pem()).unwrap();
+        std::fs::write(&cert_f, cert.pem()).unwrap();
+        std::fs::write(&key_f, key.serialize_pem()).unwrap();
+        Material::load(&ca_f, &cert_f, &key_f).unwrap()
+    }
+
+    #[test]
+    fn valid_until_finds_the_expiry_to_the_second() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let m = chain_until(dir.path(), "2031-05-06T07:08:09Z");
+        assert_eq!(m.valid_until().map(rfc3339).as_deref(), Some("2031-05-06T07:08:09Z"));
     }
 }
