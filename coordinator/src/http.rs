@@ -178,6 +178,15 @@ pub fn render(app: &AppRef) -> String {
     );
     gauge(&mut reg, "drcut_raft_leader_id", "Known leader's node id (0 = none)", m.current_leader.unwrap_or(0) as i64);
     gauge(&mut reg, "drcut_agent_sessions", "Open agent sessions on this node", app.hub.sessions() as i64);
+    let agent_certs = Family::<Labels, Gauge>::default();
+    for (agent, until) in app.hub.agent_certificates() {
+        agent_certs.get_or_create(&vec![("agent".to_string(), agent)]).set(until as i64);
+    }
+    reg.register(
+        "drcut_agent_cert_valid_until_seconds",
+        "Unix time until which a connected agent's certificate verifies under this node's CA",
+        agent_certs,
+    );
 
     let rep = app.view.health();
     let region = Family::<Labels, Gauge>::default();

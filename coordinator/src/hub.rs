@@ -17,6 +17,8 @@ use std::sync::Mutex;
 struct Liveness {
     sessions: u32,
     last_seen_ms: i64,
+    /// The last second (Unix time) the certificate of its latest session verifies.
+    cert_valid_until: Option<u64>,
 }
 
 struct Inner {
@@ -90,6 +92,23 @@ impl HealthHub {
         let l = g.live.entry(agent.to_string()).or_default();
         l.sessions += 1;
         l.last_seen_ms = now_ms;
+    }
+
+    /// The certificate an agent's session presented verifies until `valid_until` (Unix time).
+    pub fn agent_certificate(&self, agent: &str, valid_until: Option<u64>) {
+        if let Some(l) = self.lock().live.get_mut(agent) {
+            l.cert_valid_until = valid_until;
+        }
+    }
+
+    /// Connected agents and when their certificates stop verifying (Unix time).
+    pub fn agent_certificates(&self) -> Vec<(String, u64)> {
+        let g = self.lock();
+        g.live
+            .iter()
+            .filter(|(_, l)| l.sessions > 0)
+            .filter_map(|(a, l)| Some((a.clone(), l.cert_valid_until?)))
+            .collect()
     }
 
     /// A session ended.
@@ -270,5 +289,22 @@ impl HealthHub {
                 r.values.iter().map(|(k, v)| (t.agent.clone(), t.check.clone(), t.region.clone(), k.clone(), *v))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_certificates_are_listed_while_connected() {
+        let hub = HealthHub::new(Thresholds { down_after: 2, up_after: 2 });
+        hub.hello("agent-a", "eu-west", &[], 1);
+        hub.agent_certificate("agent-a", Some(2_000_000_000));
+        hub.hello("agent-b", "eu-central", &[], 1);
+        hub.agent_certificate("agent-b", None);
+        assert_eq!(hub.agent_certificates(), vec![("agent-a".to_string(), 2_000_000_000)]);
+        hub.goodbye("agent-a", 2);
+        assert!(hub.agent_certificates().is_empty(), "a disconnected agent is not reported");
     }
 }

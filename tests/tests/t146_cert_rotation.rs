@@ -165,6 +165,13 @@ async fn a_ca_rotates_on_a_running_cluster() -> Result<()> {
     })
     .await?;
     ensure!(agent.exited().is_none(), "the agent keeps running");
+    // The new leader knows when the agent's (new) certificate stops verifying: 4096-01-01.
+    let url = format!("https://{}/metrics", drcut_tests::cluster::http_addr(146, new_leader));
+    let m = https.get(&url).send().await?.text().await?;
+    ensure!(
+        m.contains(r#"drcut_agent_cert_valid_until_seconds{agent="agent-eu-west"} 67090118400"#),
+        "agent certificate expiry not exported:\n{m}"
+    );
 
     tracing::info!("--- the old leader restarts on the new files and catches up");
     cluster.start_node(leader).await?;

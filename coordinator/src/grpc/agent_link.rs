@@ -148,6 +148,9 @@ impl AgentLink for AgentLinkService {
         }
         let agent = hello.agent_id.clone();
         app.hub.hello(&agent, &hello.region, &decls, now_ms());
+        if let (Some(tls), Some(chain)) = (&app.tls, certs.as_deref()) {
+            app.hub.agent_certificate(&agent, tls.peer_valid_until(chain));
+        }
         tracing::info!(agent = %agent, region = %hello.region, checks = decls.len(), "agent session open");
         let welcome = Welcome { node_id: app.id, leader_id: app.id, leader_addr: app.addr.clone() };
         tx.send(Ok(CoordinatorMessage { body: Some(CoordBody::Welcome(welcome)) }))

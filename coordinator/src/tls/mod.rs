@@ -80,6 +80,28 @@ pub fn exact_dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
     dns_names(cert).into_iter().filter(|n| !n.contains('*')).collect()
 }
 
+/// The last second (Unix time) at which `verifies` still holds, given that it holds now and,
+/// once false, stays false (certificate validity ends at notAfter). Found by bisection over
+/// webpki's own verdicts (about 33 verifications) rather than by parsing X.509 ourselves.
+/// `None` when it does not hold now.
+pub fn last_valid_second(verifies: impl Fn(rustls::pki_types::UnixTime) -> bool) -> Option<u64> {
+    let at = |secs: u64| verifies(rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(secs)));
+    let now = rustls::pki_types::UnixTime::now().as_secs();
+    // 9999-12-31T23:59:59Z, the last instant X.509 (GeneralizedTime) can name.
+    let (mut lo, mut hi) = (now, 253_402_300_799u64);
+    if !at(lo) {
+        return None;
+    }
+    if at(hi) {
+        return Some(hi);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid) { lo = mid } else { hi = mid }
+    }
+    Some(lo)
+}
+
 /// Whether `cert` is a coordinator node's certificate.
 pub fn is_node_cert(cert: &CertificateDer<'_>) -> bool {
     valid_for(cert, NODE_NAME)
@@ -203,28 +225,10 @@ impl Material {
     }
 
     /// The last second (Unix time) at which this certificate still verifies under the CA: the
-    /// earliest expiry of the leaf and any intermediate. Found by bisection over webpki's own
-    /// verdicts (about 33 verifications, once per load) rather than by parsing X.509 ourselves.
-    /// `None` when it does not verify now.
+    /// earliest expiry of the leaf and any intermediate (see [`last_valid_second`]). `None`
+    /// when it does not verify now.
     pub fn valid_until(&self) -> Option<u64> {
-        let at = |secs: u64| {
-            let t = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(secs));
-            self.verify_at(webpki::KeyUsage::client_auth(), t).is_ok()
-        };
-        let now = rustls::pki_types::UnixTime::now().as_secs();
-        // 9999-12-31T23:59:59Z, the last instant X.509 (GeneralizedTime) can name.
-        let (mut lo, mut hi) = (now, 253_402_300_799u64);
-        if !at(lo) {
-            return None;
-        }
-        if at(hi) {
-            return Some(hi);
-        }
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if at(mid) { lo = mid } else { hi = mid }
-        }
-        Some(lo)
+        last_valid_second(|t| self.verify_at(webpki::KeyUsage::client_auth(), t).is_ok())
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, String> {
@@ -501,6 +505,15 @@ mod tests {
         std::fs::write(&cert_f, cert.pem()).unwrap();
         std::fs::write(&key_f, key.serialize_pem()).unwrap();
         Material::load(&ca_f, &cert_f, &key_f).unwrap()
+    }
+
+    #[test]
+    fn last_valid_second_bisects_to_the_second() {
+        let now = rustls::pki_types::UnixTime::now().as_secs();
+        let until = now + 86_400 * 400 + 17;
+        assert_eq!(last_valid_second(|t| t.as_secs() <= until), Some(until));
+        assert_eq!(last_valid_second(|t| t.as_secs() < now), None);
+        assert_eq!(last_valid_second(|_| true), Some(253_402_300_799));
     }
 
     #[test]

@@ -24,6 +24,8 @@ struct Loaded {
     client: ClientTlsConfig,
     /// SHA-256 of the leaf certificate, hex (names the certificate in logs and the audit chain).
     fingerprint: String,
+    /// The CA certificates peers are verified against.
+    roots: Arc<rustls::RootCertStore>,
     /// The last second (Unix time) the certificate verifies (see [`Material::valid_until`]).
     valid_until: Option<u64>,
 }
@@ -60,6 +62,7 @@ fn load_node(files: &TlsConfig) -> Result<Loaded, FileError> {
         http: tokio_rustls::TlsAcceptor::from(Arc::new(m.http_server()?)),
         client: m.client(),
         fingerprint: hex::encode(sha2::Sha256::digest(m.chain[0].as_ref())),
+        roots: Arc::new(m.roots().map_err(|message| FileError { field: "tls.ca", message })?),
         valid_until: m.valid_until(),
     })
 }
@@ -141,6 +144,18 @@ impl NodeTls {
     /// The last second (Unix time) the certificate in use verifies under the CA in use.
     pub fn valid_until(&self) -> Option<u64> {
         self.current().valid_until
+    }
+
+    /// The last second (Unix time) a peer's certificate chain (leaf first, as it presented it)
+    /// verifies as a client under the CA in use: an agent's expiry, seen from the node.
+    pub fn peer_valid_until(&self, chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<u64> {
+        let (leaf, rest) = chain.split_first()?;
+        let ee = webpki::EndEntityCert::try_from(leaf).ok()?;
+        let roots = self.current().roots.clone();
+        super::last_valid_second(|t| {
+            let usage = webpki::KeyUsage::client_auth();
+            ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &roots.roots, rest, t, usage, None, None).is_ok()
+        })
     }
 
     /// How many times the material was (re)loaded; channels dialed under an older one are stale.
