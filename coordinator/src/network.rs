@@ -202,10 +202,8 @@ impl ChannelPool {
     /// every RPC sent on it meanwhile just times out. The simulation measured followers stuck
     /// that long after a healed partition, so a timed-out RPC starts over on a fresh connection.
     pub fn renew(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let generation = self.dialer.generation();
-        let ch = self.dialer.lazy(addr)?;
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), (generation, ch.clone()));
-        Ok(ch)
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+        self.channel(addr)
     }
 }
 

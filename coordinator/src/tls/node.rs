@@ -28,6 +28,8 @@ struct Loaded {
     roots: Arc<rustls::RootCertStore>,
     /// The last second (Unix time) the certificate verifies (see [`Material::valid_until`]).
     valid_until: Option<u64>,
+    /// Counts loads (1 = as started): cached peer channels of an older generation are replaced.
+    generation: u64,
 }
 
 /// A file's modification time and length, as last looked at (a rewrite changes one of them).
@@ -64,6 +66,7 @@ fn load_node(files: &TlsConfig) -> Result<Loaded, FileError> {
         fingerprint: hex::encode(sha2::Sha256::digest(m.chain[0].as_ref())),
         roots: Arc::new(m.roots().map_err(|message| FileError { field: "tls.ca", message })?),
         valid_until: m.valid_until(),
+        generation: 1,
     })
 }
 
@@ -78,7 +81,6 @@ pub fn from_config(cfg: &Config) -> Result<Option<Arc<NodeTls>>, ConfigError> {
         files: files.clone(),
         seen: Mutex::new(seen),
         current: std::sync::RwLock::new(Arc::new(loaded)),
-        generation: std::sync::atomic::AtomicU64::new(1),
         refusing: std::sync::atomic::AtomicBool::new(false),
         throttle: Mutex::new(accept::Throttle::new(AUDIT_EVERY)),
     })))
@@ -109,8 +111,6 @@ pub struct NodeTls {
     /// The files' stamps when last looked at (a refused rewrite is not retried until it changes).
     seen: Mutex<[Stamp; 4]>,
     current: std::sync::RwLock<Arc<Loaded>>,
-    /// Bumped by every applied reload: cached peer channels of an older generation are replaced.
-    generation: std::sync::atomic::AtomicU64,
     /// Whether the files as they are now were refused (the node serves older ones).
     refusing: std::sync::atomic::AtomicBool,
     throttle: Mutex<accept::Throttle>,
@@ -160,7 +160,7 @@ impl NodeTls {
 
     /// How many times the material was (re)loaded; channels dialed under an older one are stale.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.current().generation
     }
 
     /// Whether the files on disk were refused at the last look (the node serves older ones).
@@ -179,11 +179,16 @@ impl NodeTls {
             *seen = now;
         }
         let reload = match load_node(&self.files) {
-            Ok(loaded) => {
-                let (fingerprint, valid_until) = (loaded.fingerprint.clone(), loaded.valid_until);
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
-                let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-                Reload::Applied { fingerprint, generation, valid_until }
+            Ok(mut loaded) => {
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                loaded.generation = current.generation + 1;
+                let applied = Reload::Applied {
+                    fingerprint: loaded.fingerprint.clone(),
+                    generation: loaded.generation,
+                    valid_until: loaded.valid_until,
+                };
+                *current = Arc::new(loaded);
+                applied
             }
             Err(e) => Reload::Refused(e),
         };
